@@ -1,0 +1,1 @@
+"""fastdino.dataloading: image sources, the DINO / DINO-MC augmentation spec, DALI and torchvision pipelines."""

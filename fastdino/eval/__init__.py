@@ -1,0 +1,1 @@
+"""fastdino.eval: k-NN and linear-probe evaluation of pretrained backbones."""

@@ -1,0 +1,1 @@
+"""fastdino.models: backbones by name, the packed multi-crop student, the DINO head."""

@@ -1,0 +1,27 @@
+"""Per-iteration schedules, precomputed as arrays indexed by the global iteration (as in DINO)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cosine_schedule(base_value: float, final_value: float, epochs: int, iters_per_epoch: int,
+                    warmup_epochs: int = 0, start_warmup_value: float = 0.0) -> np.ndarray:
+    """Linear warm-up from `start_warmup_value` to `base_value` over `warmup_epochs`, then a cosine
+    from `base_value` to `final_value`; one value per iteration, epochs * iters_per_epoch long."""
+    if epochs <= 0 or iters_per_epoch <= 0:
+        raise ValueError(f"cosine_schedule needs epochs > 0 and iters_per_epoch > 0, got {epochs}, {iters_per_epoch}")
+    warmup_iters = min(warmup_epochs, epochs) * iters_per_epoch
+    warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_iters > 0 else np.array([])
+    iters = np.arange(epochs * iters_per_epoch - warmup_iters)
+    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
+    schedule = np.concatenate((warmup, cosine))
+    assert len(schedule) == epochs * iters_per_epoch
+    return schedule
+
+
+def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float, warmup_teacher_temp_epochs: int,
+                          nepochs: int) -> np.ndarray:
+    """DINO's per-epoch teacher temperature: linear warm-up, then constant."""
+    warmup = np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs)
+    return np.concatenate((warmup, np.ones(max(nepochs - warmup_teacher_temp_epochs, 0)) * teacher_temp))
