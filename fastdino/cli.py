@@ -1,6 +1,8 @@
-"""The `fastdino` command. Each subcommand lives in its own module with `add_arguments(parser)` and
-`run(args) -> int`; this file only wires them together (modules are imported lazily so that
-`fastdino --help` is fast)."""
+"""fastdino: fast DINO / DINO-MC pretraining of vision backbones on remote-sensing imagery.
+
+Each subcommand lives in its own module with `add_arguments(parser)` and `run(args) -> int`; this
+file only wires them together (modules are imported lazily so that `fastdino --help` is fast).
+"""
 
 from __future__ import annotations
 
