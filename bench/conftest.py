@@ -20,10 +20,10 @@ def _rows(config):
         return []
     rows = []
     for b in bs.benchmarks:
-        if not b.stats or not getattr(b.stats, "stats", None) or b.stats.stats.rounds == 0:
+        if not b or b.stats.rounds == 0:  # Metadata.stats is pytest-benchmark's Stats
             continue
         info = dict(b.extra_info)
-        median = b.stats.stats.median
+        median = b.stats.median
         row = dict(group=b.group, name=b.name, median_s=median, **info)
         if "bytes_moved" in info:
             row["gbps"] = info["bytes_moved"] / median / 1e9

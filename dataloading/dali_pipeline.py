@@ -1,0 +1,263 @@
+"""The fast pipeline: NVIDIA DALI decodes and cuts every view (GPU operators on CUDA, CPU operators otherwise).
+
+Graph per sample: encoded bytes (external_source, fed from Python so that this module owns the order, sharding
+and corrupt-file handling) -> decoders.image ("mixed" = nvJPEG on GPU, "cpu" with device_id=None) -> per view:
+random_resized_crop -> color_twist (jitter and grayscale folded into one 3x3 colour matrix with per-sample
+arithmetic masks; run before the crop when the source has fewer pixels than the view, see dali_graph.py) ->
+gaussian_blur and solarize under DALI conditionals -> crop_mirror_normalize (flip, normalise, HWC uint8 -> CHW
+float).
+
+The order of an epoch is a function of (seed, epoch) as in the torch pipeline; the random views come from
+DALI's generator, seeded per rank at build, so they depend on the run's history, not on (seed, epoch) alone.
+
+Where it differs from the torchvision reference (`torch_pipeline.py`), all small:
+- colour jitter is applied in a fixed order (DALI's colour matrix), not torchvision's random order;
+- contrast scales around mid-grey (128), not around the image's mean grey;
+- grayscale is saturation 0 inside the same colour matrix (after the hue shift);
+- blur is a true Gaussian of the same sigma (PIL approximates it with box filters).
+
+Corrupt files: DALI's decoder fails the whole batch and leaves the pipeline unusable. So (1) every file gets a
+cheap structural check (JPEG/PNG/TIFF signature, JPEG end-of-image marker, PNG IEND chunk) the first time it
+is read, and a file that fails is replaced by the next item; (2) if the decoder still fails, the batches in
+flight are decoded with PIL to find the culprits, those are marked bad, the DALI pipeline is rebuilt and the
+epoch continues from the failed batch. Either way the file is counted in `num_skipped` and warned about once;
+with strict=True it raises instead.
+
+DINO-TP (temporal=True) is supported: each sample feeds one image slot per global view (different
+acquisitions of the location) plus one slot that all local views share (one acquisition).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .augment import AugmentationSpec, ViewGroup
+from .decode import load_rgb
+from .sources import Acquisition, SeCoLocation
+from .torch_pipeline import ShardedSampler, _check_length, _name, note_skipped, pipeline_items
+
+_JPEG, _PNG = b"\xff\xd8", b"\x89PNG\r\n\x1a\n"
+_TIFF = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_PREFETCH = 2  # DALI prefetch queue depth: batches in flight ahead of the consumer
+
+
+def looks_complete(data: np.ndarray) -> bool:
+    """Cheap check that an encoded image is not truncated or foreign; no decoding."""
+    b = data.tobytes()
+    if b.startswith(_JPEG):
+        return b"\xff\xd9" in b[-64:]  # end-of-image marker; encoders may pad a few bytes after it
+    if b.startswith(_PNG):
+        return b"IEND" in b[-16:]
+    return b.startswith(_TIFF) and len(b) > 8
+
+
+class _Feeder:
+    """The external_source callback: for DALI iteration j of an epoch, the encoded files of batch start + j."""
+
+    def __init__(self, items: list, sampler: ShardedSampler, batch_size: int, n_global: int, files_per_image: int,
+                 temporal: bool, seed: int, strict: bool):
+        self.items, self.sampler, self.batch_size = items, sampler, batch_size
+        self.n_global, self.files_per_image, self.temporal = n_global, files_per_image, temporal
+        self.seed, self.strict = seed, strict
+        self.ok: dict[str, bool] = {}
+        self.bad: set[str] = set()
+        self.in_flight: dict[int, list] = {}  # batch number -> the items it holds (to find a culprit)
+        self.order: list[int] = []
+        self.n_batches = 0
+        self.start = 0
+        self.epoch = 0
+
+    def plan(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+        self.sampler.set_epoch(epoch)
+        self.order = self.sampler.indices()
+        self.n_batches = len(self.order) // self.batch_size
+        self.in_flight.clear()
+
+    def __call__(self, info):
+        b = self.start + info.iteration
+        if b >= self.n_batches:
+            raise StopIteration
+        samples, used = [], []
+        for i in self.order[b * self.batch_size:(b + 1) * self.batch_size]:
+            files, item = self._sample(i)
+            samples.append(files)
+            used.append(item)
+        self.in_flight[b] = used
+        return tuple(list(col) for col in zip(*samples, strict=True))
+
+    # --- one sample: the encoded files of its image slots, replacing bad items by the next ones -----------
+    def _sample(self, index: int):
+        for k in range(len(self.items)):
+            i = (index + k) % len(self.items)
+            files = self._files(self.items[i], np.random.default_rng([self.seed, self.epoch, i]))
+            if files is not None:
+                return [np.fromfile(f, dtype=np.uint8) for f in files], self.items[i]
+        raise RuntimeError(f"every image of the dataset failed to load; first ones: {sorted(self.bad)[:5]}")
+
+    def _files(self, item, rng) -> list[str] | None:
+        if isinstance(item, SeCoLocation):
+            good = [a for a in item.acquisitions if self._usable(a)]
+            if not good:
+                return None
+            order = rng.permutation(len(good))
+            slots = [good[order[v % len(good)]] for v in range(self.n_global)] + [good[int(rng.integers(len(good)))]]
+            return [f for a in slots for f in _files_of(a)]
+        return _files_of(item) if self._usable(item) else None
+
+    def _usable(self, item) -> bool:
+        files = _files_of(item)
+        for f in files:
+            if f not in self.ok:
+                self.ok[f] = looks_complete(np.fromfile(f, dtype=np.uint8))
+                if not self.ok[f] and self.strict:
+                    raise RuntimeError(f"cannot read image {f!r}: truncated or not an image file")
+            if not self.ok[f]:
+                self.bad.add(_name(item))
+                return False
+        return True
+
+    def find_culprits(self, first_batch: int) -> list[str]:
+        """Decode the items of the batches in flight with PIL; mark the ones that fail."""
+        found = []
+        for b in sorted(self.in_flight):
+            if b < first_batch:
+                continue
+            for item in self.in_flight[b]:
+                for acq in item.acquisitions if isinstance(item, SeCoLocation) else [item]:
+                    try:
+                        load_rgb(acq)
+                    except Exception:
+                        for f in _files_of(acq):
+                            self.ok[f] = False
+                        found.append(_name(acq))
+        self.bad.update(found)
+        return found
+
+
+def _files_of(item) -> list[str]:
+    return item.rgb_files if isinstance(item, Acquisition) else [item]
+
+
+def _typical_pixels(items: list) -> int:
+    """Pixels of the first readable image (header only): remote-sensing tiles of one dataset share a size."""
+    from PIL import Image
+
+    for item in items[:16]:
+        acq = item.acquisitions[0] if isinstance(item, SeCoLocation) else item
+        try:
+            with Image.open(_files_of(acq)[0]) as im:
+                return im.width * im.height
+        except Exception:
+            continue
+    return 256 * 256
+
+
+def _files_per_image(items: list) -> int:
+    acqs = [a for it in items for a in (it.acquisitions if isinstance(it, SeCoLocation) else [it])]
+    counts = {len(_files_of(a)) for a in acqs}
+    if len(counts) > 1:
+        # One graph decodes either RGB files or three band files per image, not a mix of both.
+        raise RuntimeError("DALI pipeline: some SeCo acquisitions have an RGB preview and others only bands; "
+                           "use backend='torch' for such a tree")
+    return counts.pop()
+
+
+class DaliPipeline:
+    """Same interface as TorchPipeline: iterate for `list[Tensor[B, 3, H_v, W_v]]` on `device`."""
+
+    def __init__(self, source, spec: AugmentationSpec, *, batch_size: int, device="cpu", gpu: bool = False,
+                 num_threads: int = 2, seed: int = 0, rank: int = 0, world_size: int = 1, temporal: bool = False,
+                 strict: bool = False):
+        import nvidia.dali  # noqa: F401  (fail here, where build_pipeline can fall back)
+
+        items = pipeline_items(source, temporal)
+        self.spec, self.batch_size, self.gpu = spec, batch_size, gpu
+        self.device = torch.device(device)
+        self.device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
+            if gpu else None
+        self.num_threads, self.seed, self.rank, self.temporal = max(1, num_threads), seed, rank, temporal
+        self.backend = "dali-gpu" if gpu else "dali-cpu"
+        self.sampler = ShardedSampler(len(items), rank=rank, world_size=world_size, seed=seed)
+        _check_length(len(self.sampler), batch_size, len(items), world_size)
+        self.feeder = _Feeder(items, self.sampler, batch_size, spec.n_global, _files_per_image(items), temporal,
+                              seed, strict)
+        self.source_pixels = _typical_pixels(items)
+        self.epoch = 0
+        self.skipped_files: set[str] = set()
+        self._builds = 0
+        self._pipe = self._build()  # build now: a DALI problem shows up in build_pipeline, which can fall back
+        self._stale = False
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped_files | self.feeder.bad)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def _build(self):
+        from .dali_graph import multiview_pipeline
+
+        self._builds += 1
+        n_slots = self.spec.n_global + 1 if self.temporal else 1
+        # A new seed per rebuild: after a recovery the views must not repeat the failed batch's randomness.
+        pipe = multiview_pipeline(self.spec, n_slots=n_slots, files_per_image=self.feeder.files_per_image,
+                                  source=self.feeder, gpu=self.gpu, source_pixels=self.source_pixels,
+                                  batch_size=self.batch_size,
+                                  num_threads=self.num_threads, device_id=self.device_id,
+                                  seed=self.seed * 1000 + self.rank * 97 + self._builds,
+                                  prefetch_queue_depth=_PREFETCH)
+        pipe.build()
+        return pipe
+
+    def __iter__(self):
+        if self._stale:  # the last epoch was left early: its batches are still queued in the pipeline
+            self._pipe = self._build()
+        self._stale = True
+        self.feeder.plan(self.epoch)
+        b = 0
+        while b < len(self):
+            try:
+                outputs = self._pipe.run()
+            except Exception as e:  # a file passed the cheap check but the decoder failed on it
+                culprits = self.feeder.find_culprits(b)
+                if not culprits or self.feeder.strict:
+                    what = f" (cannot decode {culprits[0]!r})" if culprits else ""
+                    raise RuntimeError(f"DALI pipeline failed at batch {b} of epoch {self.epoch}{what}: {e}") from e
+                self.feeder.plan(self.epoch, start=b)
+                self._pipe = self._build()
+                continue
+            note_skipped(self.skipped_files, sorted(self.feeder.bad - self.skipped_files))
+            self.feeder.in_flight.pop(b, None)
+            b += 1
+            yield [self._to_torch(o) for o in outputs]
+        try:  # the source has said StopIteration for the batch after the last: collect it, rewind for next epoch
+            self._pipe.run()
+        except StopIteration:
+            self._pipe.reset()
+            self._stale = False
+        note_skipped(self.skipped_files, sorted(self.feeder.bad - self.skipped_files))
+
+    def _to_torch(self, tensor_list) -> torch.Tensor:
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        t = tensor_list.as_tensor()
+        if not self.gpu:
+            return torch.from_numpy(np.array(t)).to(self.device, non_blocking=True)
+        out = torch.empty(t.shape(), dtype=torch.float32, device=self.device)
+        feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(self.device))
+        return out
+
+
+def view_slots(spec: AugmentationSpec, n_slots: int) -> list[tuple[ViewGroup, int]]:
+    """(group, image slot) per view: one slot for all views, or (DINO-TP) slot v per global view and the last
+    slot for every local view."""
+    views = spec.views()
+    if n_slots == 1:
+        return [(g, 0) for g in views]
+    return [(g, v if v < spec.n_global else n_slots - 1) for v, g in enumerate(views)]

@@ -1,0 +1,283 @@
+"""The readable reference pipeline: PIL decoding and torchvision transforms in DataLoader workers.
+
+Per view it does what DINO's `DataAugmentationDINO` (and DINO-MC's version of it) does:
+RandomResizedCrop -> horizontal flip -> ColorJitter (random order, probability p) -> grayscale -> PIL Gaussian
+blur (radius uniform in blur_sigma) -> solarize -> to float, normalise. The random parameters of a view are
+drawn by `sample_view_params` and applied by `apply_view`, so tests can check the distributions directly.
+
+Randomness is a function of (seed, epoch, dataset index) only, not of the worker that loads the sample, so a
+run is reproducible whatever `num_threads` is.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageFilter, ImageOps
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .augment import AugmentationSpec, ViewGroup
+from .decode import load_rgb
+from .sources import Acquisition, ImageSource, SeCoLocation, SeCoSource
+
+_INTERP = {"nearest": TF.InterpolationMode.NEAREST, "bilinear": TF.InterpolationMode.BILINEAR,
+           "bicubic": TF.InterpolationMode.BICUBIC}
+
+
+@dataclass
+class ViewParams:
+    """The random draws of one view. crop = (top, left, height, width) in source pixels."""
+
+    crop: tuple[int, int, int, int]
+    flip: bool
+    jitter: tuple[list[int], float, float, float, float] | None  # (order, brightness, contrast, saturation, hue)
+    grayscale: bool
+    blur_sigma: float | None
+    solarize: bool
+
+
+def sample_crop(width: int, height: int, scale, ratio, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params with an explicit generator."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height  # fallback: the central crop of the nearest allowed aspect ratio
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def sample_view_params(group: ViewGroup, width: int, height: int, rng: np.random.Generator) -> ViewParams:
+    crop = sample_crop(width, height, group.scale, group.ratio, rng)
+    flip = bool(rng.random() < group.flip_p)
+    jitter = None
+    if rng.random() < group.jitter_p:
+        b, c, s, h = group.jitter
+        jitter = (rng.permutation(4).tolist(), rng.uniform(max(0, 1 - b), 1 + b), rng.uniform(max(0, 1 - c), 1 + c),
+                  rng.uniform(max(0, 1 - s), 1 + s), rng.uniform(-h, h))
+    grayscale = bool(rng.random() < group.grayscale_p)
+    blur_sigma = float(rng.uniform(*group.blur_sigma)) if rng.random() < group.blur_p else None
+    solarize = bool(rng.random() < group.solarize_p)
+    return ViewParams(crop, flip, jitter, grayscale, blur_sigma, solarize)
+
+
+def apply_view(img: Image.Image, group: ViewGroup, p: ViewParams, mean, std) -> torch.Tensor:
+    """One view as a normalised float tensor [3, size, size]."""
+    top, left, h, w = p.crop
+    img = TF.resized_crop(img, top, left, h, w, [group.size, group.size], _INTERP[group.interpolation],
+                          antialias=True)
+    if p.flip:
+        img = TF.hflip(img)
+    if p.jitter is not None:
+        order, b, c, s, hue = p.jitter
+        for fn in order:  # ColorJitter applies its four adjustments in a random order
+            if fn == 0 and group.jitter[0] > 0:
+                img = TF.adjust_brightness(img, b)
+            elif fn == 1 and group.jitter[1] > 0:
+                img = TF.adjust_contrast(img, c)
+            elif fn == 2 and group.jitter[2] > 0:
+                img = TF.adjust_saturation(img, s)
+            elif fn == 3 and group.jitter[3] > 0:
+                img = TF.adjust_hue(img, hue)
+    if p.grayscale:
+        img = TF.rgb_to_grayscale(img, num_output_channels=3)
+    if p.blur_sigma is not None:
+        img = img.filter(ImageFilter.GaussianBlur(radius=p.blur_sigma))  # DINO blurs with PIL, radius = sigma
+    if p.solarize:
+        img = ImageOps.solarize(img, threshold=group.solarize_threshold)
+    return TF.normalize(TF.to_tensor(img), mean, std)
+
+
+class MultiViewTransform:
+    """All views of one sample. `images` is one PIL image, or one per view (DINO-TP)."""
+
+    def __init__(self, spec: AugmentationSpec):
+        self.spec = spec
+        self.groups = spec.views()
+
+    def __call__(self, images, rng: np.random.Generator) -> list[torch.Tensor]:
+        if isinstance(images, Image.Image):
+            images = [images] * len(self.groups)
+        out = []
+        for group, img in zip(self.groups, images, strict=True):
+            params = sample_view_params(group, img.width, img.height, rng)
+            out.append(apply_view(img, group, params, self.spec.mean, self.spec.std))
+        return out
+
+
+class MultiViewDataset(Dataset):
+    """Items are image paths / SeCo acquisitions, or SeCo locations when temporal. Indexed by (epoch, index);
+    returns (views, files skipped as corrupt on the way)."""
+
+    def __init__(self, items: list, spec: AugmentationSpec, *, seed: int = 0, strict: bool = False):
+        self.items = items
+        self.transform = MultiViewTransform(spec)
+        self.seed = seed
+        self.strict = strict
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        skipped = []
+        # A corrupt file is replaced by the next item, so every batch stays full; give up after a whole pass.
+        for k in range(len(self.items)):
+            i = (index + k) % len(self.items)
+            rng = np.random.default_rng([self.seed, epoch, i])
+            try:
+                images = self._load(self.items[i], rng, skipped)
+            except Exception as e:
+                if self.strict:
+                    raise RuntimeError(f"cannot read image {_name(self.items[i])!r}: {e}") from e
+                skipped.append(_name(self.items[i]))
+                continue
+            return self.transform(images, rng), skipped
+        raise RuntimeError(f"every image of the dataset failed to load; first ones: {skipped[:5]}")
+
+    def _load(self, item, rng, skipped):
+        if not isinstance(item, SeCoLocation):
+            return load_rgb(item)
+        return self._load_temporal(item, rng, skipped)
+
+    def _load_temporal(self, location: SeCoLocation, rng, skipped):
+        """DINO-TP: global views from different acquisitions, all local views from one acquisition."""
+        n_global, n_views = self.transform.spec.n_global, self.transform.spec.n_views
+        acqs = list(location.acquisitions)
+        images = {}
+        for a in acqs:  # the few acquisitions of a location are small; read them all to drop corrupt ones first
+            try:
+                images[a.name] = load_rgb(a)
+            except Exception as e:
+                if self.strict:
+                    raise RuntimeError(f"cannot read image {_name(a)!r}: {e}") from e
+                skipped.append(_name(a))
+        names = [a.name for a in acqs if a.name in images]
+        if not names:
+            raise OSError(f"no readable acquisition in location {location.name!r}")
+        order = rng.permutation(len(names))
+        globals_ = [images[names[order[v % len(names)]]] for v in range(n_global)]
+        local = images[names[int(rng.integers(len(names)))]]
+        return globals_ + [local] * (n_views - n_global)
+
+
+def _name(item) -> str:
+    if isinstance(item, Acquisition):
+        return item.rgb_files[0]
+    if isinstance(item, SeCoLocation):
+        return item.name
+    return str(item)
+
+
+class ShardedSampler(Sampler):
+    """DistributedSampler's split without padding: a per-epoch seeded permutation, cut to a multiple of
+    world_size, every world_size-th index from `rank`. Yields (epoch, index) so that persistent workers
+    still see the current epoch."""
+
+    def __init__(self, n: int, *, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+        self.n, self.rank, self.world_size, self.seed, self.shuffle = n, rank, world_size, seed, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        else:
+            order = np.arange(self.n)
+        per_rank = self.n // self.world_size
+        return order[self.rank: per_rank * self.world_size: self.world_size].tolist()
+
+    def __iter__(self):
+        epoch = self.epoch
+        return iter([(epoch, i) for i in self.indices()])
+
+    def __len__(self) -> int:
+        return self.n // self.world_size
+
+
+def _collate(samples):
+    views = [torch.stack(v) for v in zip(*(s[0] for s in samples), strict=True)]
+    return views, [f for s in samples for f in s[1]]
+
+
+def pipeline_items(source, temporal: bool) -> list:
+    """What one sample is: an image path, a SeCo acquisition, or (DINO-TP) a SeCo location."""
+    if temporal:
+        if not isinstance(source, SeCoSource):
+            raise ValueError("temporal=True (DINO-TP) needs a SeCo source (build_source(..., layout='seco'))")
+        return list(source.locations)
+    if isinstance(source, SeCoSource):
+        return source.acquisitions
+    if isinstance(source, ImageSource):
+        return list(source.paths)
+    raise TypeError(f"source must be an ImageSource or SeCoSource from build_source, got {type(source).__name__}")
+
+
+class TorchPipeline:
+    """Iterable of `list[Tensor[B, 3, H_v, W_v]]` on `device`, global views first; drop_last batches."""
+
+    backend = "torch"
+
+    def __init__(self, source, spec: AugmentationSpec, *, batch_size: int, device="cpu", num_threads: int = 2,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, temporal: bool = False, strict: bool = False):
+        items = pipeline_items(source, temporal)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.dataset = MultiViewDataset(items, spec, seed=seed, strict=strict)
+        self.sampler = ShardedSampler(len(items), rank=rank, world_size=world_size, seed=seed)
+        _check_length(len(self.sampler), batch_size, len(items), world_size)
+        self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_threads,
+                                 collate_fn=_collate, drop_last=True, pin_memory=self.device.type == "cuda",
+                                 persistent_workers=num_threads > 0)
+        self.skipped_files: set[str] = set()
+
+    @property
+    def num_skipped(self) -> int:
+        """Distinct files found corrupt so far (each is warned about once)."""
+        return len(self.skipped_files)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def __iter__(self):
+        for views, skipped in self.loader:
+            note_skipped(self.skipped_files, skipped)
+            yield [v.to(self.device, non_blocking=True) for v in views]
+
+
+def note_skipped(seen: set[str], files) -> None:
+    for f in files:
+        if f not in seen:
+            seen.add(f)
+            warnings.warn(f"skipping corrupt or unreadable image {f!r} (pass strict=True to stop instead)",
+                          RuntimeWarning, stacklevel=3)
+
+
+def _check_length(per_rank: int, batch_size: int, n: int, world_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if per_rank < batch_size:
+        raise ValueError(f"batch_size={batch_size} is larger than the {per_rank} images each of the {world_size} "
+                         f"rank(s) gets from {n} images: no full batch per epoch; lower the batch size")
