@@ -72,7 +72,8 @@ def peak_memory_bytes(fn: Callable[[], object], device: str | torch.device) -> i
 
     CUDA: the caching allocator's peak. CPU: the peak resident set of a forked child that runs
     `fn` once (Linux resets a child's high-water mark to its size at fork), so the parent's own
-    high-water mark does not hide the call's peak."""
+    high-water mark does not hide the call's peak. The child runs on one thread: libgomp is not
+    fork-safe, and a child whose parent already ran OpenMP regions hangs in its first parallel one."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -86,6 +87,7 @@ def peak_memory_bytes(fn: Callable[[], object], device: str | torch.device) -> i
     if pid == 0:  # child
         os.close(read_end)
         try:
+            torch.set_num_threads(1)
             base = _rss_bytes()
             fn()
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

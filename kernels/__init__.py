@@ -1,30 +1,23 @@
 """fastdino.kernels: the fused DINO loss and the fused teacher EMA (Triton on CUDA, torch elsewhere),
 with the readable originals in fastdino.kernels.reference.
 
-Names are imported lazily: Triton reads TRITON_INTERPRET when a kernel module is imported, and
-`import fastdino.kernels` should stay cheap.
+To run the Triton kernels on a CPU through the interpreter, set TRITON_INTERPRET=1 before this
+package is imported (Triton reads it when the kernels are defined).
 """
 
-import importlib
+# `dino_loss` names both a submodule and the functional form; importing the function after the
+# submodule makes the package attribute the function, which is what users expect.
+from .dino_loss import DINOLoss, dino_loss
+from .ema import FlatEMA
+from .reference import reference_center_update, reference_dino_loss, reference_ema_update
+from .utils import resolve_backend
 
-_EXPORTS = {
-    "DINOLoss": ".dino_loss",
-    "dino_loss": ".dino_loss",
-    "FlatEMA": ".ema",
-    "reference_dino_loss": ".reference",
-    "reference_center_update": ".reference",
-    "reference_ema_update": ".reference",
-    "resolve_backend": ".utils",
-}
-
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module 'fastdino.kernels' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__all__ = [
+    "DINOLoss",
+    "dino_loss",
+    "FlatEMA",
+    "reference_dino_loss",
+    "reference_center_update",
+    "reference_ema_update",
+    "resolve_backend",
+]

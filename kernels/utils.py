@@ -41,3 +41,26 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
                 "importing fastdino.kernels to run the kernels on the CPU through the Triton interpreter"
             )
     return backend
+
+
+def calculate_settings(n_cols: int, rows_per_block: int = 1, max_elements: int = 8192) -> tuple[int, int]:
+    """(BLOCK_SIZE, num_warps) for a kernel that walks rows in blocks of BLOCK_SIZE columns and keeps about
+    `rows_per_block` tiles of [BLOCK_SIZE] fp32 values live per step (Liger-Kernel's `calculate_settings`, for
+    kernels that loop over the columns instead of holding a whole row).
+
+    BLOCK_SIZE: the columns rounded up to a power of two (Triton tiles are powers of two), capped so that the
+    live tiles hold at most `max_elements` values: 8192 fp32 over 8 warps is 32 registers a thread, which
+    leaves room for the kernel's other values without spilling. num_warps: Liger's rule, more warps for
+    bigger tiles so each thread keeps a few vectors' worth. Not yet tuned on a GPU (no GPU session so far):
+    revisit with bench/ when one comes, and autotune only where the benchmark shows it pays.
+    """
+    cap = max(16, 1 << ((max_elements // max(rows_per_block, 1)).bit_length() - 1))  # a power of two
+    block = min(1 << max(n_cols - 1, 0).bit_length(), cap)
+    elements = block * rows_per_block
+    if elements >= 32768:
+        num_warps = 16
+    elif elements >= 4096:
+        num_warps = 8
+    else:
+        num_warps = 4
+    return block, num_warps

@@ -1,0 +1,63 @@
+"""DINO loss forward + backward: fastdino against the reference pairwise loop (kernels/reference.py), same run.
+
+Shapes of DINO-MC: 2 global + 6 local views, K = 65536; B = 64 on CUDA, 32 on CPU. CPU: fp32 logits,
+fastdino = the torch backend (the default there). CUDA: bf16 logits (what mixed precision feeds the loss)
+and fp32; fastdino = the Triton kernels, plus the torch backend for comparison. The Triton backend is not
+timed on CPU: the interpreter is a test tool, not a benchmark.
+
+Each round gets fresh logits that are an intermediate result, as a head's output is (the gradient goes in
+place), and takes the gradient with torch.autograd.grad. Logit values are uniform in [-1, 1], the range of
+DINO's head (cosine similarities under a weight-normalised last layer).
+
+bytes_moved is DESIGN.md's memory-traffic floor: read S and T in the forward, read S and T again and write
+dS in the backward. peak_mem is the extra memory of one call, including the student logits it is handed
+(created inside the measured call, the same for every implementation). Goals: CPU >= 4x the reference with
+lower peak memory; GPU >= 10x and >= 60% of the floor.
+"""
+
+import pytest
+import torch
+from fastdino.kernels.dino_loss import dino_loss
+from fastdino.kernels.reference import reference_dino_loss
+
+from bench.utils import devices, peak_memory_bytes, record, sync
+
+VIEWS, N_GLOBAL, K = 8, 2, 65536
+
+
+def _cases():
+    for device in devices():
+        dtypes = [torch.bfloat16, torch.float32] if device == "cuda" else [torch.float32]
+        impls = ["fastdino", "torch", "reference"] if device == "cuda" else ["fastdino", "reference"]
+        for dtype in dtypes:
+            for impl in impls:
+                yield pytest.param(device, dtype, impl, id=f"{device}-{str(dtype)[6:]}-{impl}")
+
+
+@pytest.mark.parametrize("device,dtype,impl", list(_cases()))
+def test_dino_loss_fwd_bwd(benchmark, device, dtype, impl):
+    batch = 64 if device == "cuda" else 32
+    gen = torch.Generator().manual_seed(0)
+    base = (torch.rand(VIEWS * batch, K, generator=gen) * 2 - 1).to(device, dtype).requires_grad_()
+    teacher = (torch.rand(N_GLOBAL * batch, K, generator=gen) * 2 - 1).to(device, dtype)
+    center = (torch.rand(1, K, generator=gen) * 0.2 - 0.1).to(device)
+
+    if impl == "reference":
+        loss_fn = lambda s: reference_dino_loss(s, teacher, center, ncrops=VIEWS, n_global=N_GLOBAL)
+    else:
+        backend = "auto" if impl == "fastdino" else impl
+        loss_fn = lambda s: dino_loss(s, teacher, center, ncrops=VIEWS, n_global=N_GLOBAL, backend=backend)
+
+    def fresh_logits():
+        return (base.clone(),), {}  # an intermediate result that owns its memory, like a head's output
+
+    def step(student):
+        torch.autograd.grad(loss_fn(student), student)
+        sync(device)
+
+    itemsize = base.element_size()
+    floor = (3 * base.numel() + 2 * teacher.numel()) * itemsize
+    peak = peak_memory_bytes(lambda: step(*fresh_logits()[0]), device)
+    record(benchmark, group=f"dino_loss fwd+bwd {device} B={batch} 2+6 views K={K} {str(dtype)[6:]}", impl=impl,
+           bytes_moved=floor, peak_mem=peak, device=device)
+    benchmark.pedantic(step, setup=fresh_logits, rounds=10 if device == "cuda" else 5, warmup_rounds=1)
