@@ -1,1 +1,21 @@
 """fastdino.models: backbones by name, the packed multi-crop student, the DINO head."""
+
+from .attention import ATTN_BACKENDS, resolve_attn_backend
+from .cnn import TimmBackbone
+from .factory import create_backbone, list_backbones
+from .head import DINOHead
+from .reference import reference_forward_views
+from .vit import PackedViT
+from .wrapper import MultiCropWrapper
+
+__all__ = [
+    "ATTN_BACKENDS",
+    "DINOHead",
+    "MultiCropWrapper",
+    "PackedViT",
+    "TimmBackbone",
+    "create_backbone",
+    "list_backbones",
+    "reference_forward_views",
+    "resolve_attn_backend",
+]

@@ -1,0 +1,120 @@
+"""Block-diagonal self-attention over the packed token sequence: a token attends only to its own crop.
+
+Backends (resolved once per device type, and logged):
+- "xformers": one `memory_efficient_attention` call over the whole packed sequence with a
+  `BlockDiagonalMask` built from the crops' lengths (CUDA only).
+- "sdpa": PyTorch `scaled_dot_product_attention` once per size group, batched over that group's crops.
+- "auto": xformers on CUDA tensors when it imports, sdpa otherwise.
+xformers warns at import on machines without CUDA, so it is imported only when a CUDA tensor asks for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention
+
+from .packing import PackedLayout
+
+ATTN_BACKENDS = ("auto", "xformers", "sdpa")
+
+_logger = logging.getLogger("fastdino.models")
+
+
+@functools.cache
+def xformers_available() -> bool:
+    try:
+        import xformers.ops  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_attn_backend(backend: str) -> str:
+    if backend not in ATTN_BACKENDS:
+        raise ValueError(f"attn_backend must be one of {ATTN_BACKENDS}, got {backend!r}")
+    return backend
+
+
+_resolved: dict[tuple[str, str], str] = {}
+
+
+@torch.compiler.assume_constant_result  # torch.compile evaluates it while tracing instead of tracing it
+def resolve_attn_backend(backend: str, device_type: str) -> str:
+    """'auto' -> 'xformers' on CUDA when xformers imports, else 'sdpa'. A forced 'xformers' needs CUDA and
+    xformers. The choice is made and logged once per (request, device type)."""
+    key = (backend, device_type)
+    if key not in _resolved:
+        _resolved[key] = _resolve(backend, device_type)
+        _logger.info("packed attention backend on %s: %s (requested %r)", device_type, _resolved[key], backend)
+    return _resolved[key]
+
+
+def _resolve(backend: str, device_type: str) -> str:
+    check_attn_backend(backend)
+    if backend == "xformers":
+        if device_type != "cuda":
+            raise RuntimeError(
+                f"attn_backend='xformers' needs CUDA tensors, got {device_type} tensors; "
+                "use attn_backend='sdpa' (or 'auto') on this device"
+            )
+        if not xformers_available():
+            raise RuntimeError("attn_backend='xformers' but xformers does not import; pip install xformers, "
+                               "or use attn_backend='sdpa'")
+        return "xformers"
+    if backend == "auto":
+        return "xformers" if device_type == "cuda" and xformers_available() else "sdpa"
+    return backend
+
+
+_masks: dict = {}
+
+
+def _block_diagonal_mask(layout: PackedLayout, device: torch.device):
+    """xformers' mask for the layout, built once per (layout, device): it holds the crops' start offsets."""
+    key = (layout, device)
+    if key not in _masks:
+        from xformers.ops import fmha
+
+        _masks[key] = fmha.attn_bias.BlockDiagonalMask.from_seqlens(layout.seqlens, device=device)
+    return _masks[key]
+
+
+def packed_attention(attn: Attention, x: torch.Tensor, layout: PackedLayout, backend: str) -> torch.Tensor:
+    """timm's `Attention.forward` for a packed [N, D] sequence, with its own qkv / norms / proj modules, so the
+    weights (and the state dict) stay timm's."""
+    n = x.shape[0]
+    qkv = attn.qkv(x).view(n, 3, attn.num_heads, attn.head_dim)
+    dropout_p = attn.attn_drop.p if attn.training else 0.0
+    if backend == "xformers":
+        from xformers.ops import memory_efficient_attention
+
+        q, k, v = qkv.unsqueeze(0).unbind(2)  # [1, N, heads, head_dim]
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        mask = _block_diagonal_mask(layout, x.device)
+        out = memory_efficient_attention(q, k, v, attn_bias=mask, p=dropout_p, scale=attn.scale)
+        out = out.reshape(n, attn.attn_dim)
+    else:
+        outs = []
+        for g, qkv_g in zip(layout.groups, qkv.split(layout.group_tokens), strict=True):
+            qkv_g = qkv_g.view(g.crops, g.seq_len, 3, attn.num_heads, attn.head_dim)
+            q, k, v = qkv_g.permute(2, 0, 3, 1, 4).unbind(0)  # [crops, heads, seq_len, head_dim]
+            q, k = attn.q_norm(q), attn.k_norm(k)
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=attn.scale)
+            outs.append(o.transpose(1, 2).reshape(g.crops * g.seq_len, attn.attn_dim))
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+    out = attn.norm(out)
+    out = attn.proj(out)
+    return attn.proj_drop(out)
+
+
+def cls_attention_map(attn: Attention, x: torch.Tensor, grid: tuple[int, int], n_prefix: int = 1) -> torch.Tensor:
+    """Softmax attention of the CLS token to every patch, per head: x [B, 1 + h*w, D] -> [B, heads, h, w]."""
+    b, n, _ = x.shape
+    q, k, _ = attn.qkv(x).view(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    probs = (q[:, :, :1] * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)  # [B, heads, 1, N]
+    return probs[:, :, 0, n_prefix:].reshape(b, attn.num_heads, *grid)

@@ -1,0 +1,45 @@
+"""Backbones by name: create_backbone(arch, ...) and list_backbones()."""
+
+from __future__ import annotations
+
+from timm.models import is_model
+
+from .attention import check_attn_backend
+from .cnn import TimmBackbone
+from .vit import PackedViT
+
+_VITS = ("vit_tiny", "vit_small", "vit_base")
+_VIT_PATCHES = (8, 16)
+# arch -> (timm name, patch size of its per-size path: inputs are floored to it)
+_PER_SIZE = {"resnet50": ("resnet50", 1), "wide_resnet50_2": ("wide_resnet50_2", 1),
+             "swin_tiny": ("swin_tiny_patch4_window7_224", 4)}
+
+
+def list_backbones() -> list[str]:
+    return [*_VITS, *_PER_SIZE]
+
+
+def create_backbone(arch: str, *, patch_size: int | None = None, img_size: int = 224, drop_path_rate: float = 0.0,
+                    attn_backend: str = "auto", grad_checkpointing: bool = False):
+    """A backbone with `.embed_dim`, `forward(x) -> [B, D]`, `forward_views(views) -> [sum B_v, D]` and
+    `.timm_name` / `.timm_kwargs` / `.timm_model` for export. ViTs take patch_size 8 or 16 (default 16) and run
+    the packed multi-crop pass; the others run one call per crop size. img_size is the ViT's native size (its
+    position-embedding grid); other crop sizes are interpolated."""
+    check_attn_backend(attn_backend)
+    if arch in _VITS:
+        patch_size = 16 if patch_size is None else patch_size
+        if patch_size not in _VIT_PATCHES:
+            raise ValueError(f"patch_size for {arch} must be one of {_VIT_PATCHES}, got {patch_size}")
+        # timm registers e.g. vit_small_patch8_224 but no vit_tiny_patch8_224: patch_size in kwargs covers both.
+        name = f"{arch}_patch{patch_size}_224"
+        timm_name = name if is_model(name) else f"{arch}_patch16_224"
+        return PackedViT(timm_name, img_size=img_size, patch_size=patch_size, drop_path_rate=drop_path_rate,
+                         attn_backend=attn_backend, grad_checkpointing=grad_checkpointing)
+    if arch in _PER_SIZE:
+        timm_name, native_patch = _PER_SIZE[arch]
+        if patch_size not in (None, native_patch):
+            raise ValueError(f"{arch} has no patch_size option (got {patch_size}); leave it unset")
+        kwargs = dict(img_size=img_size, dynamic_img_size=True) if arch == "swin_tiny" else {}
+        return TimmBackbone(timm_name, patch_size=native_patch, drop_path_rate=drop_path_rate,
+                            grad_checkpointing=grad_checkpointing, **kwargs)
+    raise ValueError(f"unknown backbone arch {arch!r}; known: {', '.join(list_backbones())}")

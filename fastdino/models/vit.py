@@ -1,0 +1,126 @@
+"""The packed multi-crop ViT: every view of every size in one pass over one token sequence.
+
+Built on a timm VisionTransformer (`self.timm_model`), whose modules and weights it runs, so its state dict
+is timm's and exports as is. `forward(x)` is timm's own forward (one size); `forward_views(views)`:
+1. each size group is patch-embedded by the Conv2d(stride=patch), which floors sizes that are not multiples
+   of the patch (164 px at patch 8 -> 20x20), exactly like the original DINO code;
+2. the position embedding is resampled to the group's grid (bicubic, one cached matrix per grid);
+3. the tokens of all crops are concatenated into one [N, D] sequence; every block runs its norms, qkv,
+   proj and MLP once over it, attention is block-diagonal (see attention.py), drop-path is per crop;
+4. the CLS token of every crop comes out in view order: [sum B_v, D].
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn as nn
+from timm.layers import Attention
+from timm.models.vision_transformer import Block
+from torch.utils.checkpoint import checkpoint
+
+from .attention import check_attn_backend, cls_attention_map, packed_attention, resolve_attn_backend
+from .packing import PackedLayout, drop_path_per_crop, packed_layout
+from .pos_embed import PosEmbedInterpolator
+
+
+def floor_to_patch(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Crop the bottom/right remainder: what Conv2d(stride=patch) ignores anyway, made explicit for timm's
+    patch embedding, which asserts divisibility."""
+    h, w = x.shape[-2] // patch_size * patch_size, x.shape[-1] // patch_size * patch_size
+    return x if (h, w) == tuple(x.shape[-2:]) else x[..., :h, :w]
+
+
+class PackedViT(nn.Module):
+    """A timm ViT with a packed multi-crop forward.
+
+    timm_name / timm_kwargs: what `timm.create_model(timm_name, num_classes=0, **timm_kwargs)` needs to rebuild
+    `timm_model` (training-only settings such as drop_path_rate are left out of timm_kwargs)."""
+
+    def __init__(self, timm_name: str, *, drop_path_rate: float = 0.0, attn_backend: str = "auto",
+                 grad_checkpointing: bool = False, **timm_kwargs):
+        super().__init__()
+        self.timm_name = timm_name
+        # dynamic_img_size: timm's own forward then accepts every crop size (it resamples the position embedding).
+        self.timm_kwargs = dict(timm_kwargs, dynamic_img_size=True)
+        self.timm_model = timm.create_model(timm_name, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate,
+                                            **self.timm_kwargs)
+        _check_supported(self.timm_model, timm_name)
+        self.attn_backend = check_attn_backend(attn_backend)
+        self.embed_dim = self.timm_model.embed_dim
+        self.patch_size = self.timm_model.patch_embed.patch_size[0]
+        self.n_prefix = self.timm_model.num_prefix_tokens
+        self.pos_interp = PosEmbedInterpolator(self.timm_model.patch_embed.grid_size, self.n_prefix)
+        self.set_grad_checkpointing(grad_checkpointing)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        self.timm_model.set_grad_checkpointing(enable)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """CLS feature [B, D] of one batch of one size, through timm's forward."""
+        return self.timm_model(floor_to_patch(x, self.patch_size))
+
+    def forward_views(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """CLS features [sum B_v, D] of all views, in view order, from one packed pass."""
+        if isinstance(views, torch.Tensor):
+            views = [views]
+        layout = packed_layout(tuple(tuple(v.shape) for v in views), self.patch_size, self.n_prefix)
+        backend = resolve_attn_backend(self.attn_backend, views[0].device.type)
+        x = self._embed(views, layout)
+        for blk in self.timm_model.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(self._block, blk, x, layout, backend, use_reentrant=False)
+            else:
+                x = self._block(blk, x, layout, backend)
+        x = self.timm_model.norm(x)
+        groups = zip(layout.groups, x.split(layout.group_tokens), strict=True)
+        cls = torch.cat([tokens.view(g.crops, g.seq_len, -1)[:, 0] for g, tokens in groups])
+        return self.timm_model.head_drop(self.timm_model.fc_norm(cls))
+
+    @torch.no_grad()
+    def last_cls_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's attention from CLS to every patch, per head: [B, heads, h, w] (h, w floored)."""
+        layout = packed_layout((tuple(x.shape),), self.patch_size, self.n_prefix)
+        backend = resolve_attn_backend(self.attn_backend, x.device.type)
+        tokens = self._embed([x], layout)
+        *blocks, last = self.timm_model.blocks
+        for blk in blocks:
+            tokens = self._block(blk, tokens, layout, backend)
+        g = layout.groups[0]
+        return cls_attention_map(last.attn, last.norm1(tokens).view(g.crops, g.seq_len, -1), g.grid, self.n_prefix)
+
+    def _embed(self, views: list[torch.Tensor], layout: PackedLayout) -> torch.Tensor:
+        m = self.timm_model
+        tokens = []
+        for g in layout.groups:
+            x = views[g.first_view] if g.n_views == 1 else torch.cat(views[g.first_view : g.first_view + g.n_views])
+            x = m.patch_embed.proj(x)  # Conv2d(stride=patch) floors sizes that are not multiples of the patch
+            x = m.patch_embed.norm(x.flatten(2).transpose(1, 2))
+            x = torch.cat([m.cls_token.expand(g.crops, -1, -1), x], dim=1) + self.pos_interp(m.pos_embed, g.grid)
+            tokens.append(x.reshape(g.crops * g.seq_len, -1))
+        x = torch.cat(tokens) if len(tokens) > 1 else tokens[0]
+        return m.norm_pre(m.pos_drop(x))
+
+    def _block(self, blk: Block, x: torch.Tensor, layout: PackedLayout, backend: str) -> torch.Tensor:
+        """timm's Block.forward on the packed sequence, with drop-path per crop instead of per batch row."""
+        x = x + self._drop_path(blk.ls1(packed_attention(blk.attn, blk.norm1(x), layout, backend)), blk.drop_path1,
+                                layout)
+        return x + self._drop_path(blk.ls2(blk.mlp(blk.norm2(x))), blk.drop_path2, layout)
+
+    def _drop_path(self, x: torch.Tensor, module: nn.Module, layout: PackedLayout) -> torch.Tensor:
+        drop_prob = getattr(module, "drop_prob", 0.0)  # nn.Identity when the block's rate is 0
+        return drop_path_per_crop(x, layout, drop_prob, self.training, getattr(module, "scale_by_keep", True))
+
+
+def _check_supported(model: nn.Module, name: str) -> None:
+    """The packed forward re-implements timm's ViT forward for the plain CLS-token layout; refuse the variants
+    it does not cover rather than computing something else."""
+    ok = (
+        model.cls_token is not None and model.reg_token is None and not model.no_embed_class
+        and model.pos_embed is not None and model.global_pool == "token" and model.attn_pool is None
+        and isinstance(model.patch_drop, nn.Identity)
+        and all(type(b) is Block and type(b.attn) is Attention and b.attn.gate is None for b in model.blocks)
+    )
+    if not ok:
+        raise ValueError(f"PackedViT supports plain CLS-token timm ViTs (vit_tiny/small/base...); {name!r} is not one")
