@@ -1,0 +1,76 @@
+"""The whole training step, fastdino vs the reference step, in the same run: next batch from the pipeline, teacher
+and student forward, DINO loss, backward, clipping, AdamW, teacher EMA.
+
+fastdino:  the fastest available pipeline (DALI), packed student, fused DINO loss, flat EMA.
+reference: torchvision DataLoader pipeline, per-size student loop, reference loss loop, per-tensor EMA loop.
+Both run the same step body (fastdino.train.build_training(..., reference=...)) from the same initial weights.
+
+CUDA: dino-mc-vits8 and dino-mc-vits16 at the paper's views, K=65536, batch 64, bf16.
+CPU: the tiny preset (ViT-Tiny/8, 2 x 64 + 48, 40, 32, 24 px, K=4096) at batch 16, one pipeline thread.
+Peak memory is the step's on a prefetched batch (the pipeline's own buffers are not in torch's allocator).
+Goals (DESIGN.md): CUDA >= 2.5x and <= 0.7x the reference's peak memory; CPU >= 1.3x.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from fastdino.dataloading import make_synthetic_dataset
+
+from bench.utils import devices, peak_memory_bytes, record, sync
+from fastdino.config import load_config
+from fastdino.train import build_loader, build_training, configure_cpu_threads
+
+CASES = {"cpu": [("tiny", 16, 1)], "cuda": [("dino-mc-vits8", 64, 8), ("dino-mc-vits16", 64, 8)]}
+PARAMS = [(device, *case) for device in devices() for case in CASES[device]]
+
+
+def _batches(loader):
+    """Batches forever, epoch after epoch."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+@pytest.mark.parametrize("impl", ["fastdino", "reference"])
+@pytest.mark.parametrize("device,preset,batch,threads", PARAMS, ids=[f"{p[0]}-{p[1]}-B{p[2]}" for p in PARAMS])
+def test_train_step(benchmark, tmp_path_factory, device, preset, batch, threads, impl):
+    cache = Path(os.environ.get("FASTDINO_CACHE", tmp_path_factory.getbasetemp() / "cache"))
+    config = load_config(preset, overrides=[f"run.device={device}", f"run.batch_size={batch}",
+                                            f"data.num_threads={threads}"])
+    size = max(v["size"] for v in config.augment["global_views"])
+    config.data.path = str(make_synthetic_dataset(cache / f"bench-{4 * batch}x{size}", n_images=4 * batch, size=size))
+    dev = torch.device(device)
+    configure_cpu_threads(config, dev)
+    reference = impl == "reference"
+    loader, spec, _ = build_loader(config, dev, backend="torch" if reference else None)
+    torch.manual_seed(0)
+    tr = build_training(config, dev, n_global=spec.n_global, n_views=spec.n_views, reference=reference)
+    batches = _batches(loader)
+    lr = 5e-4 * batch / 256
+
+    def step():
+        tr.step(next(batches), lr=lr, wd=0.04, momentum=0.996, epoch=1)
+        sync(device)
+
+    peak = None
+    if not benchmark.disabled:  # a smoke run (--benchmark-disable) runs the step once, nothing more
+        step()  # warm-up: pipeline start, kernel selection, allocator
+        views = next(batches)
+
+        def prefetched_step():
+            if device == "cpu":  # the forked child of peak_memory_bytes hangs in multi-threaded OpenMP
+                torch.set_num_threads(1)
+            tr.step(views, lr=lr, wd=0.04, momentum=0.996, epoch=1)
+            sync(device)
+
+        peak = peak_memory_bytes(prefetched_step, device)
+    pipeline = loader.backend
+    record(benchmark, group=f"train step {preset} B={batch} {device}", impl=impl, images=batch, peak_mem=peak,
+           device=device, pipeline=pipeline)
+    benchmark(step)

@@ -1,0 +1,176 @@
+"""`fastdino train`: resolve the config, check the data and the output folder, then run fastdino.train.
+
+Without --data it trains the `tiny` preset on a small generated dataset (the built-in demo); with --data it
+trains on real imagery. Every problem found before step 0 is one clear line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from fastdino.config import DEFAULT_PRESET, PRESETS, ConfigError, dump_yaml, load_config
+from fastdino.distributed import barrier, broadcast_object, env_info, init_distributed
+
+RUN_ENTRIES = ("checkpoints", "metrics.jsonl", "train.log", "config.yaml", "plots", "exported")
+DEMO_IMAGES = 256  # the generated dataset: 8 iterations per epoch at the tiny preset's batch of 32
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    width = max(map(len, PRESETS))
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the preset list one line each
+    parser.epilog = "presets:\n" + "\n".join(f"  {n:<{width}}  {d}" for n, (d, _) in PRESETS.items()) + (
+        "\n\nwithout --data: the tiny preset on generated images (a demo). Details: docs/training.md")
+    parser.add_argument("--preset", choices=list(PRESETS), metavar="NAME",
+                        help=f"training recipe (default {DEFAULT_PRESET}; listed below)")
+    parser.add_argument("--config", metavar="FILE.yaml", help="config file layered over the preset")
+    parser.add_argument("--data", metavar="PATH", help="image folder, SeCo root, or the root of --data-list; "
+                        "without it: generated demo images")
+    parser.add_argument("--data-list", metavar="FILE", help="text file of image paths relative to --data")
+    parser.add_argument("--output", metavar="DIR", help="run folder (default runs/<preset>-<timestamp>)")
+    parser.add_argument("--epochs", type=int, metavar="N")
+    parser.add_argument("--batch-size", type=int, metavar="N",
+                        help="GLOBAL batch size, summed over all GPUs/ranks (each gets N / world size)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run in --output (default: the newest runs/<preset>-*) from its checkpoint")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="start over in a non-empty --output (deletes its checkpoints, logs, plots, config.yaml)")
+    mode.add_argument("--init-from", metavar="PATH", help="start a new run from a checkpoint's weights only")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override any config field: run.epochs=3, optim.lr=1e-4, augment.mean=[0.5,0.5,0.5]; "
+                        "a key that exists in one section only may be short (epochs=3)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastdino.train import NonFiniteLossError, train
+
+    try:
+        config, run_dir, demo = _prepare(args)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        train(config, run_dir, resume=args.resume, init_from=args.init_from, echo=_echo)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as e:  # the data found unusable when the pipeline is built
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if demo and env_info().is_main:
+        _echo("\nThat run used GENERATED images (a built-in demo). To train on real imagery: "
+              "fastdino train --preset dino-mc-vits8 --data /path/to/images [--data-list train.txt]")
+    return 0
+
+
+def _echo(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _prepare(args: argparse.Namespace):
+    """(config, run folder, whether the data is the generated demo), every check done before any work."""
+    from fastdino.train import resolve_device, resolve_precision
+
+    dist_info = init_distributed("cuda" if args.device != "cpu" and _cuda() else "cpu")
+    output = Path(args.output) if args.output else None
+    if args.resume and output is None:
+        output = _newest_run(args.preset or DEFAULT_PRESET)
+    config_file = args.config
+    if args.resume and args.preset is None and config_file is None and (output / "config.yaml").is_file():
+        config_file = output / "config.yaml"  # resume the saved config; --set / flags still apply on top
+    overrides = []
+    for flag, key in ((args.epochs, "run.epochs"), (args.batch_size, "run.batch_size"), (args.device, "run.device")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    if args.data is not None:
+        overrides.append(f"data.path={Path(args.data).resolve()}")
+    if args.data_list is not None:
+        overrides.append(f"data.list_file={Path(args.data_list).resolve()}")
+    config = load_config(args.preset, config_file, overrides + list(args.set))
+    if args.data_list is not None and args.data is None:
+        raise ValueError("--data-list needs --data (the folder the listed paths are relative to)")
+
+    device = resolve_device(config, dist_info)  # errors now (no GPU, fp16 on CPU), not after the folder is made
+    resolve_precision(config, device)
+    demo = config.data.path is None
+    if not demo and not Path(config.data.path).exists():
+        raise FileNotFoundError(f"data path {config.data.path} does not exist (set by --data or data.path)")
+
+    if output is None:
+        output = Path(config.run.output) if config.run.output else Path("runs") / f"{config.preset}-{_stamp()}"
+    run_dir = Path(broadcast_object(str(output.resolve())))  # every rank agrees on rank 0's folder name
+    config.run.output = str(run_dir)
+    error = _check_output(run_dir, args) if dist_info.is_main else None
+    error = broadcast_object(error)
+    if error:
+        raise ValueError(error)
+
+    if demo:
+        config.data.path = str(_demo_dataset(config, dist_info.is_main))
+        if dist_info.is_main:
+            _echo(f"No --data given: training the '{config.preset}' preset on {DEMO_IMAGES} GENERATED images "
+                  f"(textures, not real imagery) in {config.data.path}.\n"
+                  "Point it at real imagery with --data PATH (an image folder or a SeCo root) "
+                  "[--data-list FILE] [--preset dino-mc-vits8].")
+    barrier()
+    if dist_info.is_main:
+        _echo(f"run folder: {run_dir}\nresolved config:\n" + dump_yaml(config))
+    return config, run_dir, demo
+
+
+def _check_output(run_dir: Path, args: argparse.Namespace) -> str | None:
+    """The output folder's state against --resume / --overwrite (rank 0 only; returns the error, if any)."""
+    from fastdino.checkpoint import find_latest
+
+    if args.resume:
+        if find_latest(run_dir) is None:
+            return f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start a new run without --resume"
+        return None
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not args.overwrite:
+            return (f"Output '{run_dir}' is not empty! Pass --overwrite to start over in it (deletes its "
+                    "checkpoints, logs, plots and config.yaml), --resume to continue the run it holds, "
+                    "or choose another --output.")
+        for name in RUN_ENTRIES:  # only what a run writes: never the user's other files
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    return None
+
+
+def _newest_run(preset: str) -> Path:
+    runs = sorted(Path("runs").glob(f"{preset}-*"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise FileNotFoundError(f"--resume without --output: no runs/{preset}-* folder here; pass --output DIR")
+    return runs[-1]
+
+
+def _demo_dataset(config, is_main: bool) -> Path:
+    """Generated images in a cache folder shared by runs ($FASTDINO_CACHE or ~/.cache/fastdino)."""
+    from fastdino.dataloading import make_synthetic_dataset
+
+    size = max(64, max(v["size"] for v in config.augment["global_views"]))
+    cache = Path(os.environ.get("FASTDINO_CACHE", Path.home() / ".cache" / "fastdino"))
+    root = cache / f"synthetic-{DEMO_IMAGES}x{size}"
+    if is_main:
+        make_synthetic_dataset(root, n_images=DEMO_IMAGES, size=size, seed=0)
+    barrier()
+    return root
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

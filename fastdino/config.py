@@ -1,0 +1,513 @@
+"""Training configuration: nested dataclasses, the presets, and `load_config`, the one function that merges
+defaults -> preset -> config file -> command-line overrides.
+
+Every layer is checked the same way: an unknown key, a wrong type or an impossible value is a `ConfigError`
+naming the key, the value and the fix, raised before any work starts. Derived values (the learning rate
+scaled by the global batch) live in named functions, never in the stored config.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run: unknown key, wrong type or impossible value."""
+
+
+@dataclass
+class ModelConfig:
+    """`create_backbone` keyword arguments plus `DINOHead` keyword arguments (out_dim, ...)."""
+
+    arch: str = "vit_small"
+    patch_size: int | None = 8
+    img_size: int = 224
+    drop_path_rate: float = 0.1
+    attn_backend: str = "auto"  # auto | xformers | sdpa (packed attention)
+    grad_checkpointing: bool = False
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    nlayers: int = 3
+    norm_last_layer: bool = True
+
+
+BACKBONE_KEYS = ("arch", "patch_size", "img_size", "drop_path_rate", "attn_backend", "grad_checkpointing")
+HEAD_KEYS = ("out_dim", "hidden_dim", "bottleneck_dim", "nlayers", "norm_last_layer")
+
+
+def backbone_kwargs(model: ModelConfig | dict) -> dict:
+    """The `create_backbone(**kwargs)` part of a model config (dataclass or the plain dict of a checkpoint)."""
+    m = dataclasses.asdict(model) if dataclasses.is_dataclass(model) else model
+    return {k: m[k] for k in BACKBONE_KEYS if k in m}
+
+
+def head_kwargs(model: ModelConfig | dict) -> dict:
+    """The `DINOHead(in_dim, **kwargs)` part of a model config."""
+    m = dataclasses.asdict(model) if dataclasses.is_dataclass(model) else model
+    return {k: m[k] for k in HEAD_KEYS if k in m}
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # image folder, SeCo root, or the root the list file is relative to
+    list_file: str | None = None  # optional file list (one relative path per line)
+    layout: str = "auto"  # auto | files | folder | list | seco (see fastdino.dataloading.build_source)
+    subset: float = 1.0  # fraction of the images used (SeCo-100K is the 10% subset of SeCo-1M)
+    backend: str = "auto"  # pipeline backend: auto | dali | dali-gpu | dali-cpu | torch
+    num_threads: int = 2  # DALI threads or DataLoader workers (0: load in the training process)
+    strict: bool = False  # True: a corrupt image is an error; False: skipped and counted
+    temporal: bool = False  # DINO-TP: global views from different acquisitions of one location (SeCo)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4  # per 256 images; the run uses scaled_lr(config) = lr * global batch / 256
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0  # 0 turns clipping off
+    clip_mode: str = "per_param"  # per_param (DINO: each tensor's norm <= clip_grad) | global_norm
+    freeze_last_layer: int = 1  # epochs during which the head's last layer gets no update
+
+
+@dataclass
+class LossConfig:
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    momentum_teacher: float = 0.996  # cosine to 1 over training
+    backend: str = "auto"  # auto | triton | torch | reference (fastdino.kernels backends)
+
+
+@dataclass
+class RunConfig:
+    epochs: int = 100
+    batch_size: int = 64  # GLOBAL batch: summed over all GPUs / ranks (each rank gets batch_size / world_size)
+    seed: int = 0
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with a grad scaler) | fp32
+    compile: bool = False  # torch.compile the student and teacher forward
+    checkpoint_every: int = 10  # epochs; the last epoch is always saved
+    log_every: int = 10  # iterations between progress lines (each one is a host-device sync)
+    output: str | None = None  # run folder; None -> runs/<preset>-<timestamp>
+
+
+@dataclass
+class Config:
+    preset: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: dict = field(default_factory=dict)  # dataloading.AugmentationSpec as a dict
+    augment_preset: str = "dino-mc"  # the AugmentationSpec.preset the augment dict starts from
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+SECTIONS = ("model", "data", "optim", "loss", "run")
+
+
+def scaled_lr(config: Config) -> float:
+    """DINO's linear scaling rule: the peak learning rate grows with the GLOBAL batch (all ranks together)."""
+    return config.optim.lr * config.run.batch_size / 256.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Presets: each one is a nested dict of overrides on the defaults (same checks as a config file).
+
+_MC = {"model": {"arch": "vit_small", "patch_size": 8, "drop_path_rate": 0.1}, "augment_preset": "dino-mc",
+       "run": {"epochs": 100, "batch_size": 64}}
+
+PRESETS: dict[str, tuple[str, dict]] = {
+    "dino-mc-vits8": ("DINO-MC paper recipe: ViT-S/8, 2x224 + 6 local crops 184..84 px, K=65536", _MC),
+    "dino-mc-vits16": ("DINO-MC recipe on ViT-S/16 (4x fewer tokens than /8)",
+                       {**_MC, "model": {**_MC["model"], "patch_size": 16}}),
+    "dino-vits16": ("plain DINO: ViT-S/16, 2x224 + 96 px local crops, K=65536",
+                    {**_MC, "model": {**_MC["model"], "patch_size": 16}, "augment_preset": "dino"}),
+    "dino-tp-vits8": ("DINO-MC with temporal positives: SeCo layout, global views from different dates",
+                      {**_MC, "data": {"layout": "seco", "temporal": True}}),
+    "tiny": ("ViT-Tiny/8, small crops, out_dim 4096: trains on 2 CPU cores in minutes",
+             {"model": {"arch": "vit_tiny", "patch_size": 8, "img_size": 64, "drop_path_rate": 0.0,
+                        "out_dim": 4096, "hidden_dim": 512, "bottleneck_dim": 128},
+              "augment_preset": "tiny",
+              "data": {"num_threads": 1},  # 2 cores: one decodes and augments, one trains
+              # 4x DINO's base lr: a few hundred steps at batch 32 barely move at 5e-4 (measured on the demo)
+              "optim": {"lr": 2e-3, "warmup_epochs": 1, "min_lr": 1e-5},
+              "loss": {"momentum_teacher": 0.99},
+              "run": {"epochs": 4, "batch_size": 32, "checkpoint_every": 2, "log_every": 5}}),
+}
+DEFAULT_PRESET = "tiny"
+
+
+def list_presets() -> list[tuple[str, str]]:
+    """(name, one-line description) of every preset."""
+    return [(name, desc) for name, (desc, _) in PRESETS.items()]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Merging
+
+
+def load_config(preset: str | None = None, config_file: str | Path | None = None,
+                overrides: list[str] | dict | None = None) -> Config:
+    """defaults -> preset -> config file -> overrides, in this order; the result is validated.
+
+    preset: a name from PRESETS (a config file may name one with a top-level `preset:` key; an explicit
+    argument wins). overrides: `key=value` strings (`run.epochs=3`, or a leaf name that exists in one section
+    only: `epochs=3`) or a nested dict. Values from the command line are parsed for the target's type.
+    """
+    file_layer = _read_config_file(config_file) if config_file is not None else {}
+    preset = preset if preset is not None else file_layer.get("preset", DEFAULT_PRESET)
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} (see `fastdino presets`)")
+    cfg = _plain(dataclasses.asdict(Config()))
+    cfg["preset"] = preset
+    _merge(cfg, PRESETS[preset][1], source=f"preset {preset!r}", from_cli=False)
+    file_aug = file_layer.get("augment", {})
+    _merge(cfg, {k: v for k, v in file_layer.items() if k not in ("augment", "preset")},
+           source=f"config file {config_file}", from_cli=False)
+    cli = _parse_overrides(overrides, cfg)
+    cli_aug = cli.pop("augment", {})
+    if "preset" in cli:
+        raise ConfigError("--set preset=...: choose the preset with --preset NAME")
+    _merge(cfg, cli, source="--set", from_cli=True)
+    # The augment dict's base is the AugmentationSpec preset chosen above (a layer may change augment_preset).
+    cfg["augment"] = _augment_base(cfg["augment_preset"])
+    if not isinstance(file_aug, dict):
+        raise ConfigError(f"config file {config_file}: 'augment' must be a mapping of AugmentationSpec fields")
+    _merge(cfg["augment"], file_aug, source=f"config file {config_file}", from_cli=False, prefix="augment.")
+    _merge(cfg["augment"], cli_aug, source="--set", from_cli=True, prefix="augment.")
+    cfg["augment"] = _complete_augment(cfg["augment"])
+    config = config_from_dict(cfg)
+    validate(config)
+    return config
+
+
+def config_from_dict(d: dict) -> Config:
+    """A Config from a plain nested dict (config.yaml, a checkpoint's "config"); unknown keys are errors."""
+    d = copy.deepcopy(d)
+    base = _plain(dataclasses.asdict(Config()))
+    _merge(base, {k: v for k, v in d.items() if k != "augment"}, source="config", from_cli=False)
+    kwargs = {name: _SECTION_TYPES[name](**base[name]) for name in SECTIONS}
+    return Config(preset=base["preset"], augment=dict(d.get("augment", {})), augment_preset=base["augment_preset"],
+                  **kwargs)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for sections, one line for lists of numbers (`scale: [0.32, 1.0]`)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list):
+    flat = all(not isinstance(x, (dict, list)) for x in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.dump(config.to_dict(), Dumper=_Dumper, sort_keys=False)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(dump_yaml(config))
+
+
+def read_config(path: str | Path) -> Config:
+    return config_from_dict(_read_config_file(path))
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """'key: a -> b' for every leaf that differs between two plain config dicts."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+_SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "loss": LossConfig,
+                  "run": RunConfig}
+
+
+def _hints(name: str) -> dict[str, Any]:
+    cls = Config if name == "" else _SECTION_TYPES[name]
+    return typing.get_type_hints(cls)
+
+
+def _read_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (--config expects a YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping (sections model, data, optim, loss, run, augment)")
+    return data
+
+
+def _augment_base(name: str) -> dict:
+    from fastdino.dataloading import AugmentationSpec
+
+    try:
+        spec = AugmentationSpec.preset(name)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"augment_preset={name!r} is not an AugmentationSpec preset: {e}") from None
+    return _plain(dataclasses.asdict(spec))
+
+
+def _complete_augment(augment: dict) -> dict:
+    """Every AugmentationSpec field spelled out (a view group given as {size: 16} gets the defaults), so that
+    config.yaml and checkpoints hold the whole spec."""
+    from fastdino.dataloading import AugmentationSpec
+
+    try:
+        return _plain(dataclasses.asdict(AugmentationSpec.from_dict(augment)))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"augment: {e}") from None
+
+
+def _leaf_index(cfg: dict) -> dict[str, list[str]]:
+    """leaf name -> dotted keys that end with it (for the short form `--set epochs=3`)."""
+    index: dict[str, list[str]] = {}
+    for section, value in cfg.items():
+        if isinstance(value, dict) and section != "augment":
+            for leaf in value:
+                index.setdefault(leaf, []).append(f"{section}.{leaf}")
+        else:
+            index.setdefault(section, []).append(section)
+    return index
+
+
+def _parse_overrides(overrides: list[str] | dict | None, cfg: dict) -> dict:
+    """`key=value` strings -> a nested dict of raw strings (parsed later for the target's type)."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, dict):
+        return copy.deepcopy(overrides)
+    nested: dict = {}
+    index = _leaf_index(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set run.epochs=10")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if "." not in key:
+            matches = index.get(key, [])
+            if len(matches) > 1:
+                raise ConfigError(f"--set {key}: ambiguous, say which one: {', '.join(matches)}")
+            if not matches:
+                if isinstance(cfg.get(key), dict):
+                    raise ConfigError(f"--set {key}: {key!r} is a section; set one of its keys, e.g. {key}.<key>=...")
+                close = difflib.get_close_matches(key, list(index), n=3)
+                hint = f"did you mean {' or '.join(close)}? " if close else ""
+                raise ConfigError(f"--set {key}: unknown key; {hint}known keys: {', '.join(sorted(index))}")
+            key = matches[0]
+        node = nested
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(dst: dict, src: dict, *, source: str, from_cli: bool, prefix: str = "") -> None:
+    """Write src's leaves into dst; every key must already exist in dst, every value must fit its type."""
+    if not isinstance(src, dict):
+        raise ConfigError(f"{source}: expected a mapping at {prefix or 'the top level'}, got {src!r}")
+    for key, value in src.items():
+        dotted = f"{prefix}{key}"
+        if key not in dst:
+            raise ConfigError(f"{source}: unknown key {dotted!r}{_suggest(key, dst)}; known keys here: "
+                              f"{', '.join(sorted(dst))}")
+        if isinstance(dst[key], dict) and not (prefix == "" and key == "augment"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {dotted!r} is a section; give its keys, e.g. {dotted}.<key>=...")
+            section_prefix = f"{dotted}."
+            _merge_section(dst[key], value, key if prefix == "" else None, source=source, from_cli=from_cli,
+                           prefix=section_prefix)
+        else:
+            hint = _hints("").get(key) if prefix == "" else None
+            dst[key] = _coerce(value, hint, dst[key], dotted, source, from_cli)
+
+
+def _merge_section(dst: dict, src: dict, section: str | None, *, source: str, from_cli: bool, prefix: str) -> None:
+    hints = _hints(section) if section in _SECTION_TYPES else {}
+    if not isinstance(src, dict):
+        raise ConfigError(f"{source}: expected a mapping at {prefix}, got {src!r}")
+    for key, value in src.items():
+        if key not in dst:
+            raise ConfigError(f"{source}: unknown key {prefix + key!r}{_suggest(key, dst)}; known keys in "
+                              f"{prefix[:-1]}: {', '.join(sorted(dst))}")
+        dst[key] = _coerce(value, hints.get(key), dst[key], f"{prefix}{key}", source, from_cli)
+
+
+def _suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=2)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+_NONE = {"null", "none", "~", ""}
+
+
+def _coerce(value: Any, hint: Any, current: Any, key: str, source: str, from_cli: bool) -> Any:
+    """value checked against the type hint (dataclass fields) or the current value's type (augment dict)."""
+    if hint is None:  # augment: typed by the preset's value
+        hint = type(current) if current is not None else Any
+        if isinstance(current, list):
+            hint = list
+    if from_cli and isinstance(value, str) and hint in (list, dict, Any):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"{source}: {key}={value!r} is not valid YAML") from None
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None or (from_cli and isinstance(value, str) and value.strip().lower() in _NONE):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, current, key, source, from_cli)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{source}: bad value for {key}")
+    if hint is Any:
+        return value
+    want = getattr(hint, "__name__", str(hint))
+    bad = ConfigError(f"{source}: {key} must be {want}, got {value!r} ({type(value).__name__})")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if from_cli and isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_cli and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string, in files too
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if hint in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise bad
+    if hint is dict:
+        if isinstance(value, dict):
+            return value
+        raise bad
+    return value
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples -> lists, recursively, so that the dict round-trips through YAML and torch.load(weights_only)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Impossible values
+
+
+_CHOICES = {
+    "optim.clip_mode": ("per_param", "global_norm"),
+    "loss.backend": ("auto", "triton", "torch", "reference"),
+    "run.precision": ("auto", "bf16", "fp16", "fp32"),
+}
+
+
+def validate(config: Config) -> None:
+    """Values that parse but cannot run; each error names the key, the value and what would work."""
+    d = config.to_dict()
+
+    def get(key):
+        section, leaf = key.split(".")
+        return d[section][leaf]
+
+    def need(ok: bool, key: str, what: str):
+        if not ok:
+            raise ConfigError(f"{key}={get(key)!r}: {what}")
+
+    from fastdino.dataloading import AugmentationSpec
+    from fastdino.dataloading.pipeline import BACKENDS
+    from fastdino.dataloading.sources import LAYOUTS
+
+    for key, choices in {**_CHOICES, "data.layout": LAYOUTS, "data.backend": BACKENDS}.items():
+        need(get(key) in choices, key, f"choose one of {', '.join(choices)}")
+    for key in ("run.epochs", "run.batch_size", "run.checkpoint_every", "run.log_every",
+                "model.out_dim", "model.hidden_dim", "model.bottleneck_dim", "model.nlayers", "model.img_size"):
+        need(get(key) > 0, key, "must be > 0")
+    for key in ("optim.lr", "loss.student_temp", "loss.teacher_temp", "loss.warmup_teacher_temp"):
+        need(get(key) > 0, key, "must be > 0")
+    for key in ("optim.min_lr", "optim.weight_decay", "optim.weight_decay_end", "optim.clip_grad",
+                "optim.warmup_epochs", "optim.freeze_last_layer", "loss.warmup_teacher_temp_epochs", "run.seed",
+                "data.num_threads"):
+        need(get(key) >= 0, key, "must be >= 0")
+    for key in ("loss.center_momentum", "loss.momentum_teacher"):
+        need(0 <= get(key) <= 1, key, "must be in [0, 1]")
+    need(0 < get("data.subset") <= 1, "data.subset", "must be in (0, 1] (a fraction of the images)")
+    need(0 <= get("model.drop_path_rate") < 1, "model.drop_path_rate", "must be in [0, 1)")
+    from fastdino.models import list_backbones
+    from fastdino.models.attention import ATTN_BACKENDS
+
+    need(get("model.attn_backend") in ATTN_BACKENDS, "model.attn_backend", f"choose one of {', '.join(ATTN_BACKENDS)}")
+
+    need(get("model.arch") in list_backbones(), "model.arch", f"choose one of {', '.join(list_backbones())}")
+    dev = get("run.device")
+    need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "run.device",
+         "use auto, cpu, cuda or cuda:N")
+    need(not (dev == "cpu" and get("run.precision") == "fp16"), "run.precision",
+         "fp16 needs CUDA (its grad scaler); use fp32 or bf16 on CPU")
+    need(get("model.patch_size") is None or get("model.patch_size") > 0, "model.patch_size", "must be > 0")
+    if config.data.temporal and config.data.layout not in ("seco", "auto"):
+        raise ConfigError(f"data.temporal=True needs SeCo data (data.layout=seco), got {config.data.layout!r}")
+    if config.augment:
+        try:
+            AugmentationSpec.from_dict(config.augment)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"augment: {e}") from None

@@ -1,0 +1,420 @@
+"""The DINO / DINO-MC / DINO-TP training loop.
+
+Student and teacher are twins, `nn.ModuleDict(backbone=..., head=...)` with the same keys; the teacher is
+frozen, kept in eval mode and follows the student by EMA. One step: the teacher sees the global views, the
+student sees every view in one packed pass, the DINO loss (with its centre) compares them, then backward,
+clipping, AdamW, EMA. Schedules are arrays indexed by the global iteration (teacher temperature by epoch).
+
+`build_training(config, ..., reference=False)` builds the models, loss, optimiser and the step function;
+`reference=True` swaps in the readable originals (per-size student loop, reference loss, per-tensor EMA) but
+runs the same step body, so tests and benchmarks compare the two from the same initial state.
+`train(config, run_dir, ...)` is the loop around it: data, logging, checkpoints, resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import fastdino
+from fastdino import checkpoint as ckpt_io
+from fastdino.config import Config, backbone_kwargs, config_diff, config_from_dict, head_kwargs, save_config, scaled_lr
+from fastdino.distributed import SINGLE_PROCESS, DistInfo, all_reduce_mean, cleanup, init_distributed, per_rank_batch
+from fastdino.schedules import cosine_schedule, teacher_temp_schedule
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stops and the last good checkpoint stays as it is."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def resolve_device(config: Config, dist_info: DistInfo = SINGLE_PROCESS) -> torch.device:
+    want = config.run.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"run.device={config.run.device!r} but no CUDA GPU is visible; use --device cpu")
+        if want == "cuda":  # under torchrun each rank takes GPU LOCAL_RANK
+            want = f"cuda:{dist_info.local_rank}"
+        if torch.device(want).index >= torch.cuda.device_count():
+            raise RuntimeError(f"run.device={want!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    return torch.device(want)
+
+
+def resolve_precision(config: Config, device: torch.device) -> str:
+    precision = config.run.precision
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("run.precision='fp16' needs CUDA (its grad scaler is CUDA-only here); use fp32 or bf16 on CPU")
+    return precision
+
+
+def configure_cpu_threads(config: Config, device: torch.device, dist_info: DistInfo = SINGLE_PROCESS) -> None:
+    """On CPU the pipeline's threads and torch's intra-op threads share the cores; oversubscribed OpenMP threads
+    spin-wait on each other (measured 10x slower steps on 2 busy cores), so torch gets the cores left over."""
+    if device.type == "cpu":
+        budget = max(1, (os.cpu_count() or 1) // dist_info.world_size - config.data.num_threads)
+        torch.set_num_threads(min(torch.get_num_threads(), budget))
+
+
+_AMP_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def build_twins(config: Config, device: torch.device) -> tuple[nn.ModuleDict, nn.ModuleDict]:
+    """Student and teacher with identical weights; the teacher takes no gradients and stays in eval mode."""
+    from fastdino.models import DINOHead, create_backbone
+
+    def make():
+        backbone = create_backbone(**backbone_kwargs(config.model))
+        return nn.ModuleDict(dict(backbone=backbone, head=DINOHead(backbone.embed_dim, **head_kwargs(config.model))))
+
+    student, teacher = make().to(device), make().to(device)
+    teacher.load_state_dict(student.state_dict())
+    teacher.requires_grad_(False)
+    teacher.eval()
+    return student, teacher
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    """DINO's groups: weight decay on weight matrices only, none on biases and norm parameters (1-D)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if name.endswith(".bias") or p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "weight_decay": 0.0, "apply_wd": False}]
+
+
+def build_schedules(config: Config, iters_per_epoch: int) -> dict[str, np.ndarray]:
+    """Per-iteration lr (warm-up, batch-scaled), weight decay and teacher momentum; per-epoch teacher temp."""
+    e, o, lo = config.run.epochs, config.optim, config.loss
+    return dict(
+        lr=cosine_schedule(scaled_lr(config), o.min_lr, e, iters_per_epoch, warmup_epochs=o.warmup_epochs),
+        wd=cosine_schedule(o.weight_decay, o.weight_decay_end, e, iters_per_epoch),
+        momentum=cosine_schedule(lo.momentum_teacher, 1.0, e, iters_per_epoch),
+        teacher_temp=teacher_temp_schedule(lo.warmup_teacher_temp, lo.teacher_temp, lo.warmup_teacher_temp_epochs, e),
+    )
+
+
+def clip_gradients(params: list[nn.Parameter], clip: float, mode: str) -> None:
+    """per_param (DINO): scale each tensor whose gradient norm exceeds `clip`; global_norm: torch's clip.
+    Computed with foreach ops and no `if norm > clip` on the host, so there is no device sync here."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if clip <= 0 or not grads:
+        return
+    if mode == "global_norm":
+        torch.nn.utils.clip_grad_norm_(grads, clip, foreach=True)
+        return
+    norms = torch.stack(torch._foreach_norm(grads))
+    coefs = (clip / (norms + 1e-6)).clamp_(max=1.0)
+    torch._foreach_mul_(grads, list(coefs.unbind()))
+
+
+@dataclass
+class Training:
+    """Everything one step touches. `step(views, lr, wd, momentum, epoch) -> loss` (a detached device tensor)."""
+
+    student: nn.ModuleDict
+    teacher: nn.ModuleDict
+    dino_loss: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    step: Callable[..., torch.Tensor]
+    precision: str
+
+
+def build_training(config: Config, device: torch.device, *, n_global: int, n_views: int, reference: bool = False,
+                   dist_info: DistInfo = SINGLE_PROCESS) -> Training:
+    """Models, loss, EMA, optimiser, scaler and the step function. reference=True: per-size student loop,
+    DINOLoss(backend="reference"), per-tensor EMA loop (the original DINO code paths)."""
+    from fastdino.kernels import DINOLoss, FlatEMA
+    from fastdino.kernels.reference import reference_ema_update
+    from fastdino.models import MultiCropWrapper, reference_forward_views
+
+    precision = resolve_precision(config, device)
+    student, teacher = build_twins(config, device)
+    lc = config.loss
+    dino_loss = DINOLoss(config.model.out_dim, n_views, lc.warmup_teacher_temp, lc.teacher_temp,
+                         lc.warmup_teacher_temp_epochs, config.run.epochs, lc.student_temp, lc.center_momentum,
+                         n_global=n_global, backend="reference" if reference else lc.backend).to(device)
+    if reference:
+        def student_forward(views):
+            return student["head"](reference_forward_views(student["backbone"], views))
+
+        def teacher_forward(views):
+            return teacher["head"](reference_forward_views(teacher["backbone"], views))
+
+        def ema_update(m):
+            reference_ema_update(student, teacher, m)
+    else:
+        # FlatEMA re-homes the parameters into flat buffers: build it before the optimiser and DDP see them.
+        ema = FlatEMA(student, teacher)
+        ema_update = ema.update
+        student_forward = MultiCropWrapper(student["backbone"], student["head"])
+        teacher_forward = MultiCropWrapper(teacher["backbone"], teacher["head"])
+        if dist_info.enabled:
+            student_forward = nn.parallel.DistributedDataParallel(
+                student_forward, device_ids=[device.index] if device.type == "cuda" else None)
+        if config.run.compile:
+            student_forward, teacher_forward = torch.compile(student_forward), torch.compile(teacher_forward)
+
+    # fused on CUDA: one multi-tensor kernel. On CPU torch's fused AdamW measured 14x slower than the plain
+    # per-tensor loop (2 cores, torch 2.14), so the default implementation is kept there.
+    optimizer = torch.optim.AdamW(param_groups(student), fused=device.type == "cuda")
+    if not reference:
+        ema.check_optimizer(optimizer)  # the optimiser must hold the re-homed parameters
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    params = [p for p in student.parameters() if p.requires_grad]
+    last_layer = [p for n, p in student.named_parameters() if n.startswith("head.last_layer")]
+    o = config.optim
+
+    def step(views: list[torch.Tensor], lr: float, wd: float, momentum: float, epoch: int) -> torch.Tensor:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+            if group["apply_wd"]:
+                group["weight_decay"] = wd
+        with torch.autocast(device.type, dtype=_AMP_DTYPE[precision], enabled=precision != "fp32"):
+            with torch.no_grad():
+                teacher_out = teacher_forward(views[:n_global])
+            student_out = student_forward(views)
+            loss = dino_loss(student_out, teacher_out, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
+        clip_gradients(params, o.clip_grad, o.clip_mode)
+        if epoch < o.freeze_last_layer:  # DINO: the last layer is not updated at first (stabilises training)
+            for p in last_layer:
+                p.grad = None
+        scaler.step(optimizer)  # fp16 only: a host-device sync (the scaler reads whether any gradient was inf)
+        scaler.update()
+        ema_update(momentum)
+        return loss.detach()
+
+    return Training(student, teacher, dino_loss, optimizer, scaler, step, precision)
+
+
+def build_loader(config: Config, device: torch.device, dist_info: DistInfo = SINGLE_PROCESS, *,
+                 backend: str | None = None):
+    """(pipeline, augmentation spec, image count) for this rank's share of the global batch."""
+    from fastdino.dataloading import AugmentationSpec, build_pipeline, build_source
+
+    d = config.data
+    if d.path is None:
+        raise ValueError("data.path is not set: pass --data PATH (an image folder, a SeCo root, or the root of "
+                         "--data-list), or run `fastdino train` without --data for the generated demo dataset")
+    source = build_source(d.path, list_file=d.list_file, layout=d.layout, subset=d.subset, seed=config.run.seed)
+    spec = AugmentationSpec.from_dict(config.augment)
+    n_images = len(source.locations) if d.temporal else len(source.paths)
+    loader = build_pipeline(source, spec, batch_size=per_rank_batch(config.run.batch_size, dist_info.world_size),
+                            device=device, backend=backend or d.backend, num_threads=d.num_threads,
+                            seed=config.run.seed, rank=dist_info.rank, world_size=dist_info.world_size,
+                            temporal=d.temporal, strict=d.strict)
+    return loader, spec, n_images
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Run folder output
+
+
+class RunLog:
+    """Progress lines to stdout and train.log, metrics to metrics.jsonl; silent on ranks other than 0."""
+
+    def __init__(self, run_dir: Path, enabled: bool, echo: Callable[[str], None] = print):
+        self.run_dir, self.enabled, self.echo = run_dir, enabled, echo
+
+    def info(self, msg: str) -> None:
+        if self.enabled:
+            self.echo(msg)
+            with open(self.run_dir / "train.log", "a") as f:
+                f.write(msg + "\n")
+
+    def metrics(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB: process peak RSS
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Randomness inside the step (drop-path) is a function of (seed, epoch, rank): a resumed run repeats it."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(config: Config, run_dir: str | Path, *, resume: bool = False, init_from: str | Path | None = None,
+          echo: Callable[[str], None] = print, reference: bool = False, max_steps: int | None = None) -> dict:
+    """Train; returns the summary (img/s, peak memory, wall time, final loss). The run folder must be prepared
+    by the caller (cli_train checks that it is empty unless resuming). max_steps stops early (tests)."""
+    t_start = time.time()
+    dist_info = init_distributed("cuda" if config.run.device != "cpu" and torch.cuda.is_available() else "cpu")
+    try:
+        return _train(config, Path(run_dir), dist_info, resume, init_from, echo, reference, max_steps, t_start)
+    finally:
+        cleanup()
+
+
+def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_steps, t_start) -> dict:
+    device = resolve_device(config, dist_info)
+    configure_cpu_threads(config, device, dist_info)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = RunLog(run_dir, dist_info.is_main, echo)
+    if dist_info.is_main:
+        save_config(config, run_dir / "config.yaml")
+
+    loader, spec, n_images = build_loader(config, device, dist_info, backend="torch" if reference else None)
+    ipe = len(loader)
+    epochs = config.run.epochs
+    torch.manual_seed(config.run.seed)  # the same initial weights on every rank
+    tr = build_training(config, device, n_global=spec.n_global, n_views=spec.n_views, reference=reference,
+                        dist_info=dist_info)
+    sched = build_schedules(config, ipe)
+
+    start_epoch = 0
+    if resume:
+        path = ckpt_io.find_latest(run_dir)
+        if path is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start without --resume")
+        state = ckpt_io.load_checkpoint(path, map_location=device)
+        for line in config_diff(state["config"], config.to_dict()):
+            log.info(f"WARNING: resumed config differs from the checkpoint's: {line}")
+        tr.student.load_state_dict(state["student"])
+        tr.teacher.load_state_dict(state["teacher"])
+        tr.optimizer.load_state_dict(state["optimizer"])
+        if tr.scaler.is_enabled() and state["scaler"]:
+            tr.scaler.load_state_dict(state["scaler"])
+        tr.dino_loss.load_state_dict(state["dino_loss"])
+        ckpt_io.set_rng_state(state["rng"])
+        start_epoch = state["epoch"]
+        if start_epoch >= epochs:
+            raise ValueError(f"--resume: {path} already finished {start_epoch} epochs of run.epochs={epochs}; "
+                             f"pass --epochs N with N > {start_epoch} to train longer")
+        log.info(f"resumed from {path} at epoch {start_epoch}")
+    elif init_from is not None:
+        state = ckpt_io.load_checkpoint(init_from, map_location=device)
+        old = config_from_dict(state["config"]).model
+        shape_keys = ("arch", "patch_size", "img_size", *head_kwargs(old))  # what the weights' shapes depend on
+        if any(getattr(old, k) != getattr(config.model, k) for k in shape_keys):
+            raise ValueError(f"--init-from {init_from}: its model ({old.arch}/{old.patch_size}, K={old.out_dim}) "
+                             f"is not this run's ({config.model.arch}/{config.model.patch_size}, "
+                             f"K={config.model.out_dim}); set the same model.* keys")
+        tr.student.load_state_dict(state["student"])
+        tr.teacher.load_state_dict(state["teacher"])
+        log.info(f"initialised student and teacher weights from {init_from} (optimiser and schedules start fresh)")
+
+    world = dist_info.world_size
+    n_params = sum(p.numel() for p in tr.student.parameters())
+    log.info(f"data: {n_images} images from {config.data.path}, pipeline {loader.backend}, {ipe} iterations/epoch")
+    log.info(f"model: {config.model.arch}/{config.model.patch_size} + head K={config.model.out_dim}, "
+             f"{n_params / 1e6:.1f}M student parameters; views {spec.view_sizes}")
+    log.info(f"device {device}, precision {tr.precision}, {world} rank(s); global batch {config.run.batch_size} "
+             f"({config.run.batch_size // world} per rank), lr {scaled_lr(config):.3g} "
+             f"(= {config.optim.lr:g} x {config.run.batch_size}/256)")
+
+    done = start_epoch * ipe  # iterations finished
+    total = epochs * ipe if max_steps is None else min(epochs * ipe, max_steps)
+    images_per_step = config.run.batch_size  # global
+    loop_start, windows, last_loss = time.time(), [], float("nan")  # windows: (steps, seconds) per log line
+    for epoch in range(start_epoch, epochs):
+        loader.set_epoch(epoch)
+        torch.manual_seed(_epoch_seed(config.run.seed, epoch, dist_info.rank))
+        tr.student.train()
+        window, epoch_losses, data_wait, t_window = [], [], 0.0, time.perf_counter()
+        t_data = time.perf_counter()
+        for i, views in enumerate(loader):
+            data_wait += time.perf_counter() - t_data
+            it = epoch * ipe + i
+            loss = tr.step(views, float(sched["lr"][it]), float(sched["wd"][it]), float(sched["momentum"][it]), epoch)
+            window.append(loss)
+            done += 1
+            last_of_epoch = i == ipe - 1 or done == total
+            if (i + 1) % config.run.log_every == 0 or last_of_epoch:
+                # Host-device sync (once per log window): the window's losses, averaged over ranks.
+                losses = all_reduce_mean(torch.stack(window).float()).cpu()
+                bad = (~torch.isfinite(losses)).nonzero()
+                if len(bad):
+                    first = it - len(window) + 1 + int(bad[0])
+                    good = ckpt_io.find_latest(run_dir)
+                    raise NonFiniteLossError(
+                        f"loss is {losses[int(bad[0])].item()} at step {first} (epoch {epoch}); stopping. "
+                        f"Last good checkpoint: {good or 'none yet'} (left untouched). Lower optim.lr, raise "
+                        "optim.warmup_epochs or use run.precision=fp32, then --resume.")
+                dt = time.perf_counter() - t_window
+                windows.append((len(window), dt))
+                epoch_losses += losses.tolist()
+                last_loss = losses[-1].item()
+                rec = dict(type="step", epoch=epoch, iteration=it, loss=losses.mean().item(), lr=float(sched["lr"][it]),
+                           wd=float(sched["wd"][it]), momentum=float(sched["momentum"][it]),
+                           teacher_temp=float(sched["teacher_temp"][min(epoch, len(sched["teacher_temp"]) - 1)]),
+                           img_per_s=images_per_step * len(window) / dt, data_wait=data_wait / dt,
+                           peak_mem_gib=peak_memory_gib(device),
+                           eta_s=(time.time() - loop_start) / (done - start_epoch * ipe) * (total - done))
+                log.metrics(rec)
+                log.info(f"epoch {epoch + 1}/{epochs} it {i + 1}/{ipe}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
+                         f"{rec['img_per_s']:.1f} img/s  data {100 * rec['data_wait']:.0f}%  "
+                         f"mem {rec['peak_mem_gib']:.2f} GiB  eta {_hms(rec['eta_s'])}")
+                window, data_wait, t_window = [], 0.0, time.perf_counter()
+            if done == total:
+                break
+            t_data = time.perf_counter()
+        log.metrics(dict(type="epoch", epoch=epoch, loss=float(np.mean(epoch_losses)), time=time.time() - t_start))
+        finished = epoch + 1 if i == ipe - 1 else epoch  # a max_steps cut mid-epoch is not a finished epoch
+        if finished == epoch + 1:
+            _save(tr, config, run_dir, dist_info, finished, finished * ipe)
+        if done == total:
+            break
+
+    wall = time.time() - t_start
+    timed = windows[1:] or windows  # the first window holds the warm-up (allocator, compile, workers starting)
+    img_per_s = images_per_step * sum(n for n, _ in timed) / max(sum(t for _, t in timed), 1e-9)
+    summary = dict(type="summary", img_per_s=img_per_s,
+                   peak_mem_gib=peak_memory_gib(device), wall_s=wall, steps=done, final_loss=last_loss,
+                   device=str(device), world_size=world)
+    log.metrics(summary)
+    if dist_info.is_main:
+        from fastdino.viz import plot_curves
+
+        log.info(f"plots: {plot_curves(run_dir, run_dir / 'plots' / 'curves.png')}")
+    log.info(f"done: {done} steps, {summary['img_per_s']:.1f} img/s (global, after the first log window), "
+             f"peak memory {summary['peak_mem_gib']:.2f} GiB, wall time {_hms(wall)}; run folder {run_dir}")
+    return summary
+
+
+def _save(tr: Training, config: Config, run_dir: Path, dist_info: DistInfo, epoch: int, iteration: int) -> None:
+    """last.pt after every epoch (resume granularity), epoch_NNNN.pt every checkpoint_every and at the end."""
+    if not dist_info.is_main:
+        return
+    state = dict(config=config.to_dict(), student=tr.student.state_dict(), teacher=tr.teacher.state_dict(),
+                 optimizer=tr.optimizer.state_dict(), scaler=tr.scaler.state_dict(),
+                 dino_loss=tr.dino_loss.state_dict(), epoch=epoch, iteration=iteration, rng=ckpt_io.rng_state(),
+                 fastdino_version=fastdino.__version__)
+    folder = ckpt_io.checkpoint_dir(run_dir)
+    ckpt_io.save_checkpoint(state, folder / ckpt_io.LAST)
+    if epoch % config.run.checkpoint_every == 0 or epoch == config.run.epochs:
+        ckpt_io.save_checkpoint(state, folder / ckpt_io.epoch_checkpoint_name(epoch))
