@@ -17,7 +17,7 @@ lower peak memory; GPU >= 10x and >= 60% of the floor.
 
 import pytest
 import torch
-from fastdino.kernels.dino_loss import dino_loss
+from fastdino.kernels.loss import dino_loss
 from fastdino.kernels.reference import reference_dino_loss
 
 from bench.utils import devices, peak_memory_bytes, record, sync

@@ -5,9 +5,7 @@ To run the Triton kernels on a CPU through the interpreter, set TRITON_INTERPRET
 package is imported (Triton reads it when the kernels are defined).
 """
 
-# `dino_loss` names both a submodule and the functional form; importing the function after the
-# submodule makes the package attribute the function, which is what users expect.
-from .dino_loss import DINOLoss, dino_loss
+from .loss import DINOLoss, dino_loss
 from .ema import FlatEMA
 from .reference import reference_center_update, reference_dino_loss, reference_ema_update
 from .utils import resolve_backend

@@ -1,4 +1,4 @@
-"""The fused DINO loss (fastdino.kernels.dino_loss) against the readable reference (kernels/reference.py).
+"""The fused DINO loss (fastdino.kernels.loss) against the readable reference (kernels/reference.py).
 
 Every fast backend gets fresh random inputs and must match `reference_dino_loss` (loss and student gradient)
 and `reference_center_update` (the centre). The triton backend runs through the Triton interpreter on CPU
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from fastdino.kernels.dino_loss import DINOLoss, _torch_forward, _triton_forward, dino_loss
+from fastdino.kernels.loss import DINOLoss, _torch_forward, _triton_forward, dino_loss
 from fastdino.kernels.reference import reference_center_update, reference_dino_loss
 
 BACKENDS = ["torch", "triton"]
@@ -92,7 +92,7 @@ def test_triton_blocks_and_splits(block_size, n_splits):
 
 def test_torch_chunks_cross_the_batch(monkeypatch):
     """The torch path walks the batch in chunks of images: a chunk size that leaves a remainder."""
-    import fastdino.kernels.dino_loss as module
+    import fastdino.kernels.loss as module
 
     monkeypatch.setitem(module._TORCH_CHUNK_ELEMENTS, "cpu", 3 * 4 * 401)  # 3 images of 4 views per chunk
     batch, views, n_global, k = 7, 4, 2, 401
