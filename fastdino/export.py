@@ -1,0 +1,144 @@
+"""`fastdino export`: the teacher backbone as a timm state dict in safetensors, with a metadata JSON beside it.
+
+The teacher is the network DINO evaluates. Its timm model's state dict is written as is, so
+
+    timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=FILE), num_classes=0, **KWARGS)
+
+loads it strictly, offline, with ARCH and KWARGS from the metadata JSON (`FILE.json` beside `FILE.safetensors`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import fastdino
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, type=Path, help="fastdino checkpoint (RUN/checkpoints/last.pt)")
+    parser.add_argument("--output", type=Path,
+                        help="FILE.safetensors (default: RUN/exported/<checkpoint stem>_teacher_backbone.safetensors)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        weights, meta_path, meta = export_teacher(args.checkpoint, args.output)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"fastdino export: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {weights} ({meta['num_parameters'] / 1e6:.2f}M parameters) and {meta_path}")
+    print("load it with timm (offline):\n")
+    print(loading_snippet(weights, meta))
+    return 0
+
+
+def export_teacher(checkpoint: Path, output: Path | None = None) -> tuple[Path, Path, dict]:
+    """Write the teacher backbone's timm weights and metadata; returns (weights path, metadata path, metadata)."""
+    from safetensors.torch import save_file
+
+    from fastdino.eval.teacher import load_teacher
+
+    checkpoint = Path(checkpoint)
+    output = Path(output) if output is not None else default_output(checkpoint)
+    if output.suffix != ".safetensors":
+        raise ValueError(f"--output {output} must end in .safetensors (timm picks the loader from the suffix)")
+    backbone, config = load_teacher(checkpoint)
+    # clone(): safetensors refuses tensors that share storage, and views of a flat EMA buffer do.
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in backbone.timm_model.state_dict().items()}
+    meta = metadata(backbone, config, checkpoint, state)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # Written and checked under a temporary name (still *.safetensors: timm picks its loader by suffix), then
+    # renamed: a failed export never leaves a file that looks finished.
+    tmp = output.with_name(f".{output.stem}.tmp.safetensors")
+    try:
+        save_file(state, str(tmp), metadata={"format": "pt", "architecture": meta["architecture"]})
+        verify_timm_load(tmp, meta, state)
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta_path = metadata_path(output)
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return output, meta_path, meta
+
+
+def verify_timm_load(weights: Path, meta: dict, state: dict) -> None:
+    """Run the printed loading line and compare every tensor: timm loads pretrained files non-strictly when
+    num_classes differs from the pretrained config's, so a silent partial load is only caught by looking."""
+    import timm
+
+    model = timm.create_model(meta["architecture"], pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)),
+                              num_classes=0, **meta["timm_kwargs"])
+    loaded = model.state_dict()
+    wrong = sorted(k for k in state if k not in loaded or not torch.equal(loaded[k].cpu(), state[k]))
+    missing = sorted(set(loaded) - set(state))
+    if wrong or missing:
+        raise RuntimeError(f"export check failed: timm.create_model({meta['architecture']!r}, pretrained=True, ...) "
+                           f"did not load {weights} exactly (differing: {wrong[:5]}, missing: {missing[:5]})")
+
+
+def metadata(backbone, config: dict, checkpoint: Path, state: dict) -> dict:
+    """What a user needs to rebuild and feed the backbone: timm name and kwargs, input, normalisation, provenance."""
+    from fastdino.eval.teacher import checkpoint_info
+
+    augment = config.get("augment", {})
+    global_sizes = [g["size"] for g in augment.get("global_views", [])]
+    kwargs = dict(backbone.timm_kwargs)
+    try:
+        json.dumps(kwargs)
+    except TypeError as e:
+        raise ValueError(f"timm kwargs {kwargs!r} of {backbone.timm_name} are not JSON-serialisable: {e}") from e
+    saved = checkpoint_info(checkpoint)
+    return {
+        "architecture": backbone.timm_name,
+        "timm_kwargs": kwargs,
+        "fastdino_arch": config.get("model", {}).get("arch"),
+        "embed_dim": getattr(backbone, "embed_dim", None),
+        "num_parameters": sum(v.numel() for v in state.values() if v.is_floating_point()),
+        "in_chans": kwargs.get("in_chans", 3),
+        "bands": ["red", "green", "blue"],  # every fastdino source decodes to RGB (SeCo: B4, B3, B2)
+        "input_size": max(global_sizes) if global_sizes else None,
+        "normalisation": {"mean": list(augment.get("mean", [])), "std": list(augment.get("std", [])), "scale": 255},
+        "method": method(config),
+        "preset": config.get("preset"),
+        "data": {k: config.get("data", {}).get(k) for k in ("path", "list_file", "layout", "subset")},
+        "epoch": saved.get("epoch"),
+        "iteration": saved.get("iteration"),
+        "source_checkpoint": str(checkpoint.resolve()),
+        "fastdino_version": saved.get("fastdino_version", fastdino.__version__),
+    }
+
+
+def method(config: dict) -> str:
+    """dino, dino-mc or dino-tp: what the config trained (temporal positives, else the augmentation recipe)."""
+    if config.get("data", {}).get("temporal"):
+        return "dino-tp"
+    return "dino" if config.get("augment_preset") == "dino" else "dino-mc"
+
+
+def metadata_path(weights: Path) -> Path:
+    return weights.with_suffix(".json")
+
+
+def default_output(checkpoint: Path) -> Path:
+    # RUN/checkpoints/last.pt -> RUN/exported/last_teacher_backbone.safetensors (the run folder's exported/).
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return run_dir / "exported" / f"{checkpoint.stem}_teacher_backbone.safetensors"
+
+
+def loading_snippet(weights: Path, meta: dict) -> str:
+    kwargs = "".join(f", {k}={v!r}" for k, v in meta["timm_kwargs"].items())
+    mean, std = meta["normalisation"]["mean"], meta["normalisation"]["std"]
+    return (
+        "import timm\n"
+        f"model = timm.create_model({meta['architecture']!r}, pretrained=True,\n"
+        f"                          pretrained_cfg_overlay=dict(file={str(weights.resolve())!r}),\n"
+        f"                          num_classes=0{kwargs})\n"
+        f"# input: {meta['in_chans']} x {meta['input_size']} x {meta['input_size']}, pixels / 255, "
+        f"normalised with mean={mean} std={std}\n"
+        "features = model(images)  # [B, embed_dim] CLS features"
+    )
