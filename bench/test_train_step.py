@@ -1,12 +1,13 @@
 """The whole training step, fastdino vs the reference step, in the same run: next batch from the pipeline, teacher
 and student forward, DINO loss, backward, clipping, AdamW, teacher EMA.
 
-fastdino:  the fastest available pipeline (DALI), packed student, fused DINO loss, flat EMA.
-reference: torchvision DataLoader pipeline, per-size student loop, reference loss loop, per-tensor EMA loop.
+fastdino:  the fastest available pipeline (DALI), packed student, fused DINO loss, flat EMA, fused AdamW.
+reference: torchvision DataLoader pipeline, per-size student loop, reference loss loop, per-tensor EMA loop,
+           per-tensor AdamW.
 Both run the same step body (fastdino.train.build_training(..., reference=...)) from the same initial weights.
 
 CUDA: dino-mc-vits8 and dino-mc-vits16 at the paper's views, K=65536, batch 64, bf16.
-CPU: the tiny preset (ViT-Tiny/8, 2 x 64 + 48, 40, 32, 24 px, K=4096) at batch 16, one pipeline thread.
+CPU: the tiny preset (ViT-Tiny/16, 2 x 64 + 48, 40, 32, 24 px, K=4096) at batch 16, one pipeline thread.
 Peak memory is the step's on a prefetched batch (the pipeline's own buffers are not in torch's allocator).
 Goals (DESIGN.md): CUDA >= 2.5x and <= 0.7x the reference's peak memory; CPU >= 1.3x.
 """

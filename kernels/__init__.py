@@ -5,8 +5,8 @@ To run the Triton kernels on a CPU through the interpreter, set TRITON_INTERPRET
 package is imported (Triton reads it when the kernels are defined).
 """
 
-from .loss import DINOLoss, dino_loss
 from .ema import FlatEMA
+from .loss import DINOLoss, dino_loss
 from .reference import reference_center_update, reference_dino_loss, reference_ema_update
 from .utils import resolve_backend
 

@@ -38,9 +38,9 @@ def make_image_folder(root: Path, *, n_classes: int = 3, per_class: int = 4, siz
 
 
 def tiny_config(img_size: int = 32) -> dict:
-    """The `tiny` preset's resolved config, shrunk to `img_size` px global crops and a small head."""
-    config = load_config("tiny", overrides={"model": {"img_size": img_size, "out_dim": 64, "hidden_dim": 32,
-                                                      "bottleneck_dim": 16}}).to_dict()
+    """The `tiny` preset's resolved config on a ViT-Tiny/8, shrunk to `img_size` px global crops and a small head."""
+    config = load_config("tiny", overrides={"model": {"patch_size": 8, "img_size": img_size, "out_dim": 64,
+                                                      "hidden_dim": 32, "bottleneck_dim": 16}}).to_dict()
     for group in config["augment"]["global_views"]:
         group["size"] = img_size
     return config

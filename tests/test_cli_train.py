@@ -12,7 +12,8 @@ from fastdino import checkpoint as ckpt_io
 from fastdino.cli import main
 
 # A few 16 px globals / 8 px locals on a ViT-Tiny/8 with a small head: seconds per epoch on 2 CPU cores.
-SMALL = ["--set", "model.img_size=16", "model.out_dim=128", "model.hidden_dim=32", "model.bottleneck_dim=16",
+SMALL = ["--set", "model.patch_size=8", "model.img_size=16", "model.out_dim=128", "model.hidden_dim=32",
+         "model.bottleneck_dim=16",
          "augment.global_views=[{size: 16}, {size: 16, blur_p: 0.1, solarize_p: 0.2}]",
          "augment.local_views=[{size: 8, count: 2, scale: [0.05, 0.32]}]",
          "data.num_threads=0", "data.backend=torch", "run.log_every=1"]
@@ -61,6 +62,22 @@ def test_default_run_uses_generated_images(tmp_path, capsys, monkeypatch):
     (run / "notes.txt").write_text("mine")
     assert main(["train", "--output", str(run), "--overwrite", "--epochs", "1", "--batch-size", "4", *SMALL]) == 0
     assert len(steps(run)) == 2 and (run / "notes.txt").read_text() == "mine"  # only run files are deleted
+
+
+def test_resume_without_output_continues_the_newest_run(tmp_path, capsys, monkeypatch):
+    import fastdino.cli_train as cli_train
+
+    monkeypatch.setattr(cli_train, "DEMO_IMAGES", 8)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume"]) == 2  # nothing to resume yet: one clear line
+    assert "--resume without --output: no runs/tiny-* folder here" in capsys.readouterr().err
+    assert main(["train", "--epochs", "1", "--batch-size", "4", *SMALL]) == 0  # runs/tiny-<timestamp>
+    (run,) = (tmp_path / "runs").iterdir()
+    capsys.readouterr()
+    assert main(["train", "--resume", "--epochs", "2"]) == 0
+    assert f"resumed from {run.resolve() / 'checkpoints'}" in capsys.readouterr().out
+    assert [r["epoch"] for r in steps(run)] == [0, 0, 1, 1]
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # continued in place, no new folder
 
 
 def test_data_on_generated_images_and_init_from(tmp_path, capsys):

@@ -96,6 +96,7 @@ def test_cli_values_are_parsed_for_the_target_type():
     (["run.device=tpu"], "run.device"),
     (["augment.foo=1"], "unknown key 'augment.foo'"),
     (["augment.mean=[1,2]"], "needs 3 values"),
+    (["model.patch_size=16", "augment.local_views=[{size: 8}]"], "view size 8 px is smaller than model.patch_size=16"),
     (["noequals"], "expected key=value"),
     (["preset=tiny"], "--preset"),
 ])

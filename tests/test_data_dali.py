@@ -59,7 +59,7 @@ def test_grayscale_and_flip_rates():
     ramp = np.tile(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], (32, 1, 3))
     ramp[..., 0] //= 2  # a coloured ramp, so that only grayscale makes the channels equal
     group = dataclasses.replace(TINY.local_views[0], size=16, scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter_p=0.0,
-                                blur_p=0.0, solarize_p=0.0)
+                                blur_p=0.0, solarize_p=0.0, grayscale_p=0.2)
     spec = AugmentationSpec([dataclasses.replace(group, count=8)], mean=(0, 0, 0), std=(1, 1, 1))
     with tempfile.TemporaryDirectory() as d:
         for i in range(32):

@@ -137,12 +137,13 @@ def test_drop_path_keeps_or_drops_whole_crops():
 def test_model_drop_path_is_per_crop():
     """In the packed forward of a block with drop-path, the MLP branch's increment is the same for every token
     of a crop: 0 (dropped) or 1/keep_prob (kept) when the branch outputs ones."""
-    model = tiny_vit(8, drop_path_rate=0.5).train()
-    blk = model.timm_model.blocks[1]  # the last block has the full rate
+    torch.manual_seed(0)
+    model = PackedViT("vit_tiny_patch16_224", patch_size=8, img_size=64, depth=3, drop_path_rate=0.5).train()
+    blk = model.timm_model.blocks[1]  # rate 0.25 (0, 0.25, 0.5 over the depth); the last block sees CLS rows only
     seen = {}
     blk.norm2.register_forward_pre_hook(lambda m, a: seen.__setitem__("before", a[0].detach()))
     blk.mlp.register_forward_hook(lambda m, a, out: torch.ones_like(out))
-    model.timm_model.norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("after", a[0].detach()))
+    model.timm_model.blocks[2].norm1.register_forward_pre_hook(lambda m, a: seen.__setitem__("after", a[0].detach()))
     views = make_views([64, 64, 40, 28], 3)
     torch.manual_seed(0)
     model.forward_views(views)
@@ -152,9 +153,21 @@ def test_model_drop_path_is_per_crop():
     for g in layout.groups:
         for crop in delta[g.start : g.end].view(g.crops, -1):
             assert torch.allclose(crop, crop[0].expand_as(crop))
-            assert crop[0].item() == pytest.approx(0.0) or crop[0].item() == pytest.approx(2.0)
+            assert crop[0].item() == pytest.approx(0.0) or crop[0].item() == pytest.approx(1 / 0.75)
             kept.append(crop[0].item() > 1)
     assert 0 < sum(kept) < len(kept)
+
+
+def test_last_block_runs_only_the_cls_rows():
+    """After the last block's attention (keys and values from every token), its norms and MLP see one row per
+    crop; the features still equal timm's own forward."""
+    model = tiny_vit(8).eval()
+    rows = []
+    model.timm_model.blocks[-1].mlp.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
+    views = make_views([64, 64, 40], 3)
+    out = model.forward_views(views)
+    assert rows == [9]
+    torch.testing.assert_close(out, torch.cat([model(v) for v in views]), atol=2e-5, rtol=1e-4)
 
 
 def test_grad_checkpointing_gives_the_same_result():

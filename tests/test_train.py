@@ -139,6 +139,24 @@ def test_fastdino_step_equals_reference_step():
     torch.testing.assert_close(fast.dino_loss.center, ref.dino_loss.center, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_compiled_step_equals_eager_step():
+    """run.compile=true (torch.compile of the packed student and teacher, inductor) computes the same step."""
+    config = scaled_config("tiny", global_patches=2, overrides=["model.patch_size=8"])
+    views = fixed_views(config, batch=2)
+    eager = build(config)
+    config.run.compile = True
+    compiled = build(config)
+    for tr in (eager, compiled):
+        quiet_adam(tr)
+    for epoch in (0, 1):
+        torch.testing.assert_close(compiled.step(views, lr=1e-3, wd=0.04, momentum=0.99, epoch=epoch),
+                                   eager.step(views, lr=1e-3, wd=0.04, momentum=0.99, epoch=epoch),
+                                   rtol=1e-4, atol=1e-4)
+    for k, v in eager.teacher.state_dict().items():
+        torch.testing.assert_close(compiled.teacher.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_cuda_mixed_precision_step_matches_reference(precision):

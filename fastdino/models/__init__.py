@@ -1,7 +1,7 @@
 """fastdino.models: backbones by name, the packed multi-crop student, the DINO head."""
 
 from .attention import ATTN_BACKENDS, resolve_attn_backend
-from .cnn import TimmBackbone
+from .backbone import TimmBackbone
 from .factory import create_backbone, list_backbones
 from .head import DINOHead
 from .reference import reference_forward_views

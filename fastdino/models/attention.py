@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import Attention
 
-from .packing import PackedLayout
+from .packing import PackedLayout, cls_rows
 
 ATTN_BACKENDS = ("auto", "xformers", "sdpa")
 
@@ -73,13 +73,16 @@ def _resolve(backend: str, device_type: str) -> str:
 _masks: dict = {}
 
 
-def _block_diagonal_mask(layout: PackedLayout, device: torch.device):
-    """xformers' mask for the layout, built once per (layout, device): it holds the crops' start offsets."""
-    key = (layout, device)
+def _block_diagonal_mask(layout: PackedLayout, device: torch.device, cls_queries: bool = False):
+    """xformers' mask for the layout, built once per (layout, device): it holds the crops' start offsets.
+    cls_queries: one query per crop (its CLS token) against all of the crop's keys."""
+    key = (layout, device, cls_queries)
     if key not in _masks:
         from xformers.ops import fmha
 
-        _masks[key] = fmha.attn_bias.BlockDiagonalMask.from_seqlens(layout.seqlens, device=device)
+        q_seqlen = [1] * layout.n_crops if cls_queries else None
+        _masks[key] = fmha.attn_bias.BlockDiagonalMask.from_seqlens(q_seqlen or layout.seqlens, layout.seqlens,
+                                                                    device=device)
     return _masks[key]
 
 
@@ -109,6 +112,37 @@ def packed_attention(attn: Attention, x: torch.Tensor, layout: PackedLayout, bac
     out = attn.norm(out)
     out = attn.proj(out)
     return attn.proj_drop(out)
+
+
+def packed_cls_attention(attn: Attention, x: torch.Tensor, layout: PackedLayout, backend: str) -> torch.Tensor:
+    """`packed_attention`'s output at the CLS rows only, [n_crops, D]: keys and values from every token, but
+    queries (and the output projection) for one token per crop. DINO reads only the CLS token after the last
+    block, so there this is the same result for about a twelfth of the block's work on the other tokens."""
+    n, dim = x.shape[0], attn.attn_dim
+    w_q, w_kv = attn.qkv.weight.split([dim, 2 * dim])
+    b_q, b_kv = attn.qkv.bias.split([dim, 2 * dim]) if attn.qkv.bias is not None else (None, None)
+    kv = F.linear(x, w_kv, b_kv).view(n, 2, attn.num_heads, attn.head_dim)
+    q = F.linear(cls_rows(x, layout), w_q, b_q).view(layout.n_crops, attn.num_heads, attn.head_dim)
+    dropout_p = attn.attn_drop.p if attn.training else 0.0
+    if backend == "xformers":
+        from xformers.ops import memory_efficient_attention
+
+        k, v = kv.unsqueeze(0).unbind(2)  # [1, N, heads, head_dim]
+        q, k = attn.q_norm(q.unsqueeze(0)), attn.k_norm(k)
+        mask = _block_diagonal_mask(layout, x.device, cls_queries=True)
+        out = memory_efficient_attention(q, k, v, attn_bias=mask, p=dropout_p, scale=attn.scale)
+        out = out.reshape(layout.n_crops, dim)
+    else:
+        outs = []
+        cls_groups = zip(layout.groups, q.split([g.crops for g in layout.groups]), kv.split(layout.group_tokens),
+                         strict=True)
+        for g, q_g, kv_g in cls_groups:
+            k, v = kv_g.view(g.crops, g.seq_len, 2, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            q_g, k = attn.q_norm(q_g.unsqueeze(2)), attn.k_norm(k)  # q_g: [crops, heads, 1, head_dim]
+            o = F.scaled_dot_product_attention(q_g, k, v, dropout_p=dropout_p, scale=attn.scale)
+            outs.append(o.reshape(g.crops, dim))
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+    return attn.proj_drop(attn.proj(attn.norm(out)))
 
 
 def cls_attention_map(attn: Attention, x: torch.Tensor, grid: tuple[int, int], n_prefix: int = 1) -> torch.Tensor:

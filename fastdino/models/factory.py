@@ -5,7 +5,7 @@ from __future__ import annotations
 from timm.models import is_model
 
 from .attention import check_attn_backend
-from .cnn import TimmBackbone
+from .backbone import TimmBackbone
 from .vit import PackedViT
 
 _VITS = ("vit_tiny", "vit_small", "vit_base")
@@ -40,6 +40,6 @@ def create_backbone(arch: str, *, patch_size: int | None = None, img_size: int =
         if patch_size not in (None, native_patch):
             raise ValueError(f"{arch} has no patch_size option (got {patch_size}); leave it unset")
         kwargs = dict(img_size=img_size, dynamic_img_size=True) if arch == "swin_tiny" else {}
-        return TimmBackbone(timm_name, patch_size=native_patch, drop_path_rate=drop_path_rate,
+        return TimmBackbone(timm_name, floor_to=native_patch, drop_path_rate=drop_path_rate,
                             grad_checkpointing=grad_checkpointing, **kwargs)
     raise ValueError(f"unknown backbone arch {arch!r}; known: {', '.join(list_backbones())}")

@@ -45,6 +45,14 @@ class PackedLayout:
         a zero-filled full-size gradient per group)."""
         return [g.end - g.start for g in self.groups]
 
+    def cls_only(self) -> PackedLayout:
+        """The layout of the CLS rows alone (one token per crop), in the same crop order."""
+        groups, start = [], 0
+        for g in self.groups:
+            groups.append(PackedGroup(g.first_view, g.n_views, g.crops, g.grid, 1, start))
+            start += g.crops
+        return PackedLayout(tuple(groups))
+
     @property
     def seqlens(self) -> list[int]:
         """Length of every crop's block of tokens, in order (what xformers' BlockDiagonalMask takes)."""
@@ -70,6 +78,12 @@ def packed_layout(shapes: tuple[tuple[int, ...], ...], patch_size: int, n_prefix
         start = group.end
         i = j + 1
     return PackedLayout(tuple(groups))
+
+
+def cls_rows(x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+    """The CLS token of every crop from a packed [N, D] sequence: [n_crops, D], in crop order."""
+    groups = zip(layout.groups, x.split(layout.group_tokens), strict=True)
+    return torch.cat([tokens.view(g.crops, g.seq_len, -1)[:, 0] for g, tokens in groups])
 
 
 def drop_path_per_crop(x: torch.Tensor, layout: PackedLayout, drop_prob: float, training: bool,

@@ -7,59 +7,44 @@ is timm's and exports as is. `forward(x)` is timm's own forward (one size); `for
 2. the position embedding is resampled to the group's grid (bicubic, one cached matrix per grid);
 3. the tokens of all crops are concatenated into one [N, D] sequence; every block runs its norms, qkv,
    proj and MLP once over it, attention is block-diagonal (see attention.py), drop-path is per crop;
-4. the CLS token of every crop comes out in view order: [sum B_v, D].
+4. the last block computes keys and values for every token but everything else only for the CLS rows,
+   the only tokens DINO reads (~7% less work for a 12-block ViT, the same result);
+5. the CLS token of every crop comes out in view order: [sum B_v, D].
 """
 
 from __future__ import annotations
 
-import timm
 import torch
 import torch.nn as nn
 from timm.layers import Attention
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
-from .attention import check_attn_backend, cls_attention_map, packed_attention, resolve_attn_backend
-from .packing import PackedLayout, drop_path_per_crop, packed_layout
+from .attention import (
+    check_attn_backend,
+    cls_attention_map,
+    packed_attention,
+    packed_cls_attention,
+    resolve_attn_backend,
+)
+from .backbone import TimmBackbone
+from .packing import PackedLayout, cls_rows, drop_path_per_crop, packed_layout
 from .pos_embed import PosEmbedInterpolator
 
 
-def floor_to_patch(x: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Crop the bottom/right remainder: what Conv2d(stride=patch) ignores anyway, made explicit for timm's
-    patch embedding, which asserts divisibility."""
-    h, w = x.shape[-2] // patch_size * patch_size, x.shape[-1] // patch_size * patch_size
-    return x if (h, w) == tuple(x.shape[-2:]) else x[..., :h, :w]
-
-
-class PackedViT(nn.Module):
-    """A timm ViT with a packed multi-crop forward.
-
-    timm_name / timm_kwargs: what `timm.create_model(timm_name, num_classes=0, **timm_kwargs)` needs to rebuild
-    `timm_model` (training-only settings such as drop_path_rate are left out of timm_kwargs)."""
+class PackedViT(TimmBackbone):
+    """A timm ViT with a packed multi-crop forward (construction and `forward(x)` are TimmBackbone's)."""
 
     def __init__(self, timm_name: str, *, drop_path_rate: float = 0.0, attn_backend: str = "auto",
                  grad_checkpointing: bool = False, **timm_kwargs):
-        super().__init__()
-        self.timm_name = timm_name
         # dynamic_img_size: timm's own forward then accepts every crop size (it resamples the position embedding).
-        self.timm_kwargs = dict(timm_kwargs, dynamic_img_size=True)
-        self.timm_model = timm.create_model(timm_name, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate,
-                                            **self.timm_kwargs)
+        super().__init__(timm_name, drop_path_rate=drop_path_rate, grad_checkpointing=grad_checkpointing,
+                         **timm_kwargs, dynamic_img_size=True)
         _check_supported(self.timm_model, timm_name)
         self.attn_backend = check_attn_backend(attn_backend)
-        self.embed_dim = self.timm_model.embed_dim
         self.patch_size = self.timm_model.patch_embed.patch_size[0]
         self.n_prefix = self.timm_model.num_prefix_tokens
         self.pos_interp = PosEmbedInterpolator(self.timm_model.patch_embed.grid_size, self.n_prefix)
-        self.set_grad_checkpointing(grad_checkpointing)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        self.timm_model.set_grad_checkpointing(enable)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """CLS feature [B, D] of one batch of one size, through timm's forward."""
-        return self.timm_model(floor_to_patch(x, self.patch_size))
 
     def forward_views(self, views: list[torch.Tensor]) -> torch.Tensor:
         """CLS features [sum B_v, D] of all views, in view order, from one packed pass."""
@@ -68,15 +53,16 @@ class PackedViT(nn.Module):
         layout = packed_layout(tuple(tuple(v.shape) for v in views), self.patch_size, self.n_prefix)
         backend = resolve_attn_backend(self.attn_backend, views[0].device.type)
         x = self._embed(views, layout)
-        for blk in self.timm_model.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(self._block, blk, x, layout, backend, use_reentrant=False)
-            else:
-                x = self._block(blk, x, layout, backend)
-        x = self.timm_model.norm(x)
-        groups = zip(layout.groups, x.split(layout.group_tokens), strict=True)
-        cls = torch.cat([tokens.view(g.crops, g.seq_len, -1)[:, 0] for g, tokens in groups])
-        return self.timm_model.head_drop(self.timm_model.fc_norm(cls))
+        *blocks, last = self.timm_model.blocks
+        for blk in blocks:
+            x = self._run(self._block, blk, x, layout, backend)
+        cls = self._run(self._last_block_cls, last, x, layout, backend)
+        return self.timm_model.head_drop(self.timm_model.fc_norm(self.timm_model.norm(cls)))
+
+    def _run(self, fn, blk: Block, x: torch.Tensor, layout: PackedLayout, backend: str) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, blk, x, layout, backend, use_reentrant=False)
+        return fn(blk, x, layout, backend)
 
     @torch.no_grad()
     def last_cls_attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,6 +93,14 @@ class PackedViT(nn.Module):
         x = x + self._drop_path(blk.ls1(packed_attention(blk.attn, blk.norm1(x), layout, backend)), blk.drop_path1,
                                 layout)
         return x + self._drop_path(blk.ls2(blk.mlp(blk.norm2(x))), blk.drop_path2, layout)
+
+    def _last_block_cls(self, blk: Block, x: torch.Tensor, layout: PackedLayout, backend: str) -> torch.Tensor:
+        """`_block` at the CLS rows only, [n_crops, D]: the features DINO reads. Norms, MLP and residuals are per
+        token, so skipping the other tokens' rows changes nothing but the work."""
+        cls_layout = layout.cls_only()
+        x = cls_rows(x, layout) + self._drop_path(blk.ls1(packed_cls_attention(blk.attn, blk.norm1(x), layout,
+                                                                               backend)), blk.drop_path1, cls_layout)
+        return x + self._drop_path(blk.ls2(blk.mlp(blk.norm2(x))), blk.drop_path2, cls_layout)
 
     def _drop_path(self, x: torch.Tensor, module: nn.Module, layout: PackedLayout) -> torch.Tensor:
         drop_prob = getattr(module, "drop_prob", 0.0)  # nn.Identity when the block's rate is 0
