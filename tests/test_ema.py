@@ -303,7 +303,7 @@ def test_triton_on_cuda(dtype):
             for p, q in zip(student.parameters(), ref_s.parameters(), strict=True):
                 p.add_(torch.randn_like(p))
                 q.copy_(p)
-        t_before = teacher.fc1.weight.detach().float()
+        t_before = teacher.fc1.weight.detach().float().clone()  # .float() of an fp32 tensor aliases the teacher
         ema.update(m)
         # fp32 math rounded once to the parameter dtype (round to nearest on the GPU)
         exact = t_before * np.float32(m) + student.fc1.weight.detach().float() * np.float32(1 - m)
