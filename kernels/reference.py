@@ -26,7 +26,10 @@ def reference_dino_loss(
 
     student_output: [ncrops * B, K], global views first; teacher_output: [n_global * B, K];
     center: [1, K] (or [K]). Returns the mean over pairs of the batch-mean cross-entropy
-    -sum_k q_g[k] * log p_v[k], pairs with v == g left out. Computed in fp32.
+    -sum_k q_g[k] * log p_v[k], pairs with v == g left out. Computed in fp32: for bf16/fp16 logits autograd
+    computes the gradient in fp32, multiplied by the incoming gradient (e.g. a GradScaler's factor), and
+    rounds it to the logits' dtype once, at the `.float()` cast. The fused loss's gradients are tested
+    against exactly that.
     """
     student_out = (student_output.float() / student_temp).chunk(ncrops)
     teacher_out = F.softmax((teacher_output.float() - center.float()) / teacher_temp, dim=-1).detach().chunk(n_global)
