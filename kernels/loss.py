@@ -581,8 +581,8 @@ def _torch_backward(student, teacher, center, row_stats, grad, grad_output, *, n
             for g in range(1, n_global):
                 big_q.add_(q[g])
             x = x_buf[:, : b1 - b0].copy_(s3[:, b0:b1])
-            # p_v = exp(s_v - lse_v), clamped like the forward's exponent
-            torch.sub(x.mul_(inv_ts), row_stats[:, b0:b1], out=x).clamp_min_(_EXP_FLOOR).exp_()
+            # p_v = exp(x_v / tau_s - lse_v), clamped like the forward's exponent; one op for the shift
+            torch.add(row_stats[:, b0:b1].neg(), x, alpha=inv_ts, out=x).clamp_min_(_EXP_FLOOR).exp_()
             # dS_v = coef_v * p_v - scale * (Q - [v < G] q_v)
             q.sub_(big_q).mul_(scale)
             big_q.mul_(-scale)
