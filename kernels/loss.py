@@ -402,8 +402,8 @@ def _scale_by_grad_output_triton(grad, grad_output) -> None:
 def _triton_forward(student, teacher, center, grad, colsum, row_stats=None, *, ncrops, n_global, student_temp,
                     teacher_temp, block_size=None, n_splits=None, sm_count=None):
     """Loss (a 0-d fp32 tensor); the gradient into `grad` (None: not in the forward), the teacher's column sum into
-    `colsum` (None: none), the merged row statistics into `row_stats` (row_stats_shape(); for the deferred
-    backward). sm_count: the GPU's, read from student's device when None (kernels/aot.py passes a target's)."""
+    `colsum` (None: none), the merged row statistics into `row_stats` (from _triton_row_stats(); for the
+    deferred backward). sm_count: the GPU's, read from student's device when None (kernels/aot.py passes a target's)."""
     batch, n_cols = student.shape[0] // ncrops, student.shape[1]
     if sm_count is None:
         sm_count = _sm_count(student.device)

@@ -14,7 +14,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from fastdino.kernels.loss import DINOLoss, _torch_forward, _triton_forward, dino_loss
+from fastdino.kernels.loss import (
+    DINOLoss,
+    _torch_forward,
+    _triton_backward,
+    _triton_forward,
+    _triton_row_stats,
+    dino_loss,
+)
 from fastdino.kernels.reference import reference_center_update, reference_dino_loss
 from torch import nn
 
@@ -90,6 +97,25 @@ def test_triton_blocks_and_splits(block_size, n_splits):
     _close(loss, ref_loss, 1e-5, 1e-5)
     _close(grad, ref_grad, *GRAD_TOL[torch.float32])
     _close(colsum, teacher.sum(0), 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("block_size,n_splits", [(64, 3), (32, 16)])
+def test_triton_fp16_deferred_gradient_across_blocks_and_splits(block_size, n_splits):
+    """The fp16 path: the forward saves merged row statistics (split merge included), the backward kernel writes
+    grad_output x gradient over several blocks and splits, in place into the logits."""
+    batch, views, n_global, k = 2, 5, 3, 401
+    student, teacher, center = _inputs(batch, views, n_global, k, torch.float16)
+    ref_loss, ref_grad = _reference(student, teacher, center, views, n_global, scale=1024.0)  # finite in fp16
+    kw = dict(ncrops=views, n_global=n_global, student_temp=0.1, teacher_temp=0.04, block_size=block_size,
+              n_splits=n_splits)
+    row_stats = _triton_row_stats(student, views, n_global)
+    logits = student.clone()
+    loss = _triton_forward(logits, teacher, center, None, None, row_stats, **kw)
+    _close(loss, ref_loss, 1e-5, 1e-5)
+    assert torch.equal(logits, student)
+    _triton_backward(logits, teacher, center, row_stats, logits, torch.tensor(1024.0), **kw)
+    assert torch.isfinite(logits).all()
+    _close(logits, ref_grad, 1e-4, 2e-3)
 
 
 def test_torch_chunks_cross_the_batch(monkeypatch):
