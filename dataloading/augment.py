@@ -8,6 +8,8 @@ locals, in group order: that is the order of the tensors a pipeline yields.
 Presets (values from DINO's `DataAugmentationDINO` and DINO-MC's public code, see DESIGN.md):
   dino     2 x 224 (scale 0.4-1) + 10 x 96 (scale 0.05-0.4), DINO's colour jitter everywhere
   dino-mc  2 x 224 (scale 0.32-1) + one each of 184, 164, 144, 124, 104, 84 (scale 0.05-0.32)
+  dino-mc-resnet50  dino-mc's views with the crop scales of DINO's ResNet-50 command (README.md of
+           facebookresearch/dino: --global_crops_scale 0.14 1 --local_crops_scale 0.05 0.14)
   tiny     CPU-sized DINO-MC for 64 px tiles (EuroSAT): 2 x 64 + one each of 48, 40, 32, 24. The local sizes
            keep DINO-MC's ratios to the global size (0.82 ... 0.38) rounded to multiples of 8. Blur and colour
            are set for small remote-sensing tiles (see `_tiny`).
@@ -186,6 +188,11 @@ def _dino_mc() -> AugmentationSpec:
     return AugmentationSpec(_globals(224), [_local(s, 1, (0.05, 0.32)) for s in (184, 164, 144, 124, 104, 84)])
 
 
+def _dino_mc_resnet50() -> AugmentationSpec:
+    global_views = _globals(224, (0.14, 1.0))
+    return AugmentationSpec(global_views, [_local(s, 1, (0.05, 0.14)) for s in (184, 164, 144, 124, 104, 84)])
+
+
 def _tiny() -> AugmentationSpec:
     # DINO's blur radius (0.1-2 px) is for 224 px views; on a 64 px tile it wipes out the texture, so it is
     # scaled by 64/224. Colour tells land-cover classes apart (water, forest, crops): a milder jitter, rare
@@ -199,4 +206,4 @@ def _tiny() -> AugmentationSpec:
     return AugmentationSpec(global_views, local_views)
 
 
-_PRESETS = {"dino": _dino, "dino-mc": _dino_mc, "tiny": _tiny}
+_PRESETS = {"dino": _dino, "dino-mc": _dino_mc, "dino-mc-resnet50": _dino_mc_resnet50, "tiny": _tiny}

@@ -71,6 +71,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = "adamw"  # adamw | sgd (DINO's `--optimizer`: torch.optim.SGD(momentum=0.9), main_dino.py L226-229)
     lr: float = 5e-4  # per 256 images; the run uses scaled_lr(config) = lr * global batch / 256
     min_lr: float = 1e-6
     warmup_epochs: int = 10
@@ -89,6 +90,7 @@ class LossConfig:
     student_temp: float = 0.1
     center_momentum: float = 0.9
     momentum_teacher: float = 0.996  # cosine to 1 over training
+    ema_buffers: str = "none"  # teacher float buffers (BatchNorm statistics): none (DINO: its own) | copy | average
     backend: str = "auto"  # auto | triton | torch | reference (fastdino.kernels backends)
 
 
@@ -142,6 +144,15 @@ PRESETS: dict[str, tuple[str, dict]] = {
                     {**_MC, "model": {**_MC["model"], "patch_size": 16}, "augment_preset": "dino"}),
     "dino-tp-vits8": ("DINO-MC with temporal positives: SeCo layout, global views from different dates",
                       {**_MC, "data": {"layout": "seco", "temporal": True}}),
+    # facebookresearch/dino README.md, "ResNet-50 and other convnets trainings": --arch resnet50 --optimizer sgd
+    # --lr 0.03 --weight_decay 1e-4 --weight_decay_end 1e-4 --global_crops_scale 0.14 1 --local_crops_scale 0.05 0.14
+    # on 8 GPUs (x --batch_size_per_gpu 64, main_dino.py L90) for 100 epochs; all else main_dino.py's defaults
+    # (= fastdino's). DINO-MC's six local crop sizes (augment preset dino-mc-resnet50). No drop-path (L176-177).
+    "dino-mc-resnet50": ("DINO's ResNet-50 recipe (SGD, lr 0.03, wd 1e-4, batch 512) with DINO-MC's 6 local sizes",
+                         {"model": {"arch": "resnet50", "patch_size": None, "drop_path_rate": 0.0},
+                          "augment_preset": "dino-mc-resnet50",
+                          "optim": {"name": "sgd", "lr": 0.03, "weight_decay": 1e-4, "weight_decay_end": 1e-4},
+                          "run": {"epochs": 100, "batch_size": 512}}),
     # /16 rather than /8: 4x fewer tokens, so 4 epochs of EuroSAT fit in 30 CPU minutes (docs/eval.md).
     "tiny": ("ViT-Tiny/16, 64 px tiles, out_dim 4096: trains on 2 CPU cores in minutes",
              {"model": {"arch": "vit_tiny", "patch_size": 16, "img_size": 64, "drop_path_rate": 0.0,
@@ -455,7 +466,9 @@ def _plain(obj: Any) -> Any:
 
 
 _CHOICES = {
+    "optim.name": ("adamw", "sgd"),
     "optim.clip_mode": ("per_param", "global_norm"),
+    "loss.ema_buffers": ("none", "copy", "average"),
     "loss.backend": ("auto", "triton", "torch", "reference"),
     "run.precision": ("auto", "bf16", "fp16", "fp32"),
 }
@@ -498,6 +511,10 @@ def validate(config: Config) -> None:
     need(get("model.attn_backend") in ATTN_BACKENDS, "model.attn_backend", f"choose one of {', '.join(ATTN_BACKENDS)}")
 
     need(get("model.arch") in list_backbones(), "model.arch", f"choose one of {', '.join(list_backbones())}")
+    from fastdino.models.factory import CNNS
+
+    need(not (get("model.arch") in CNNS and get("model.drop_path_rate") > 0), "model.drop_path_rate",
+         f"model.arch={get('model.arch')} is a CNN, which DINO trains without drop-path; set model.drop_path_rate=0")
     dev = get("run.device")
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "run.device",
          "use auto, cpu, cuda or cuda:N")

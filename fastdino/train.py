@@ -1,9 +1,10 @@
 """The DINO / DINO-MC / DINO-TP training loop.
 
 Student and teacher are twins, `nn.ModuleDict(backbone=..., head=...)` with the same keys; the teacher is
-frozen, kept in eval mode and follows the student by EMA. One step: the teacher sees the global views, the
-student sees every view in one packed pass, the DINO loss (with its centre) compares them, then backward,
-clipping, AdamW, EMA. Schedules are arrays indexed by the global iteration (teacher temperature by epoch).
+frozen and follows the student by EMA (parameters only, as DINO; a BatchNorm teacher runs in train mode).
+One step: the teacher sees the global views, the student sees every view in one packed pass, the DINO loss
+(with its centre) compares them, then backward, clipping, AdamW (or DINO's SGD), EMA. Schedules are arrays
+indexed by the global iteration (teacher temperature by epoch).
 
 `build_training(config, ..., reference=False)` builds the models, loss, optimiser and the step function;
 `reference=True` swaps in the readable originals (per-size student loop, reference loss, per-tensor EMA) but
@@ -78,8 +79,14 @@ _AMP_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float
 
 
 def build_twins(config: Config, device: torch.device) -> tuple[nn.ModuleDict, nn.ModuleDict]:
-    """Student and teacher with identical weights; the teacher takes no gradients and stays in eval mode."""
-    from fastdino.models import DINOHead, create_backbone
+    """Student and teacher with identical weights; the teacher takes no gradients.
+
+    DINO never calls teacher.eval() (main_dino.py L189-211): a BatchNorm teacher normalises with the batch
+    statistics of its own global views (and updates its own running statistics), so the teacher of a model with
+    BatchNorm stays in train mode. Other teachers (ViT, Swin-T) are put in eval mode: DINO's ViT teacher has no
+    stochastic layer (built without drop-path, L166), so both modes compute the same, and eval mode switches off
+    the drop-path modules that fastdino's teacher shares with the student's architecture."""
+    from fastdino.models import DINOHead, create_backbone, has_batchnorms
 
     def make():
         backbone = create_backbone(**backbone_kwargs(config.model))
@@ -88,7 +95,7 @@ def build_twins(config: Config, device: torch.device) -> tuple[nn.ModuleDict, nn
     student, teacher = make().to(device), make().to(device)
     teacher.load_state_dict(student.state_dict())
     teacher.requires_grad_(False)
-    teacher.eval()
+    teacher.train(has_batchnorms(teacher))
     return student, teacher
 
 
@@ -146,10 +153,14 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
     DINOLoss(backend="reference"), per-tensor EMA loop (the original DINO code paths)."""
     from fastdino.kernels import DINOLoss, FlatEMA
     from fastdino.kernels.reference import reference_ema_update
-    from fastdino.models import MultiCropWrapper, reference_forward_views
+    from fastdino.models import MultiCropWrapper, convert_sync_batchnorm, has_batchnorms, reference_forward_views
 
     precision = resolve_precision(config, device)
     student, teacher = build_twins(config, device)
+    if dist_info.enabled and has_batchnorms(student):
+        # DINO (main_dino.py L196-198): BatchNorm statistics over all ranks, student and teacher. Before FlatEMA,
+        # DDP and the optimiser; the conversion keeps every Parameter and buffer object.
+        student, teacher = convert_sync_batchnorm(student), convert_sync_batchnorm(teacher)
     lc = config.loss
     dino_loss = DINOLoss(config.model.out_dim, n_views, lc.warmup_teacher_temp, lc.teacher_temp,
                          lc.warmup_teacher_temp_epochs, config.run.epochs, lc.student_temp, lc.center_momentum,
@@ -162,10 +173,10 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
             return teacher["head"](reference_forward_views(teacher["backbone"], views))
 
         def ema_update(m):
-            reference_ema_update(student, teacher, m)
+            reference_ema_update(student, teacher, m, buffers=lc.ema_buffers)
     else:
         # FlatEMA re-homes the parameters into flat buffers: build it before the optimiser and DDP see them.
-        ema = FlatEMA(student, teacher)
+        ema = FlatEMA(student, teacher, buffers=lc.ema_buffers)
         ema_update = ema.update
         student_forward = MultiCropWrapper(student["backbone"], student["head"])
         teacher_forward = MultiCropWrapper(teacher["backbone"], teacher["head"])
@@ -177,7 +188,12 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
 
     # fastdino: torch's fused AdamW (one multi-tensor kernel on CUDA, one vectorised loop on CPU: ViT-Tiny + head,
     # 2 cores, torch 2.14: 6-14 ms vs 26-63 ms for the per-tensor default). The reference keeps DINO's default.
-    optimizer = torch.optim.AdamW(param_groups(student), fused=not reference)
+    if config.optim.name == "sgd":  # DINO's --optimizer sgd (main_dino.py L229); lr and wd come from the schedules
+        # torch's default (foreach) SGD on both paths: the fused one fails (torch 2.14) once a parameter gets its
+        # first gradient after the others, as the last layer does after its frozen epoch
+        optimizer = torch.optim.SGD(param_groups(student), lr=0, momentum=0.9)
+    else:
+        optimizer = torch.optim.AdamW(param_groups(student), fused=not reference)
     if not reference:
         ema.check_optimizer(optimizer)  # the optimiser must hold the re-homed parameters
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -24,7 +24,7 @@ def test_dino_and_tiny_presets():
     assert dino.view_sizes == [224, 224] + [96] * 10 and dino.local_views[0].scale == (0.05, 0.4)
     tiny = AugmentationSpec.preset("tiny")
     assert tiny.view_sizes[:2] == [64, 64] and all(s % 8 == 0 for s in tiny.view_sizes)
-    assert AugmentationSpec.presets() == ["dino", "dino-mc", "tiny"]
+    assert AugmentationSpec.presets() == ["dino", "dino-mc", "dino-mc-resnet50", "tiny"]
     with pytest.raises(ValueError, match="unknown augmentation preset 'nope'.*dino-mc"):
         AugmentationSpec.preset("nope")
 

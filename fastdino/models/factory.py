@@ -13,6 +13,10 @@ _VIT_PATCHES = (8, 16)
 # arch -> (timm name, patch size of its per-size path: inputs are floored to it)
 _PER_SIZE = {"resnet50": ("resnet50", 1), "wide_resnet50_2": ("wide_resnet50_2", 1),
              "swin_tiny": ("swin_tiny_patch4_window7_224", 4)}
+# CNNs as DINO builds them: torchvision's `resnet50()` (main_dino.py L176-177), i.e. no stochastic depth and every
+# BatchNorm weight starting at 1 (torchvision's zero_init_residual=False; timm zeroes each block's last BatchNorm
+# unless zero_init_last=False). timm's ResNets have torchvision's layers, names and shapes (tests/test_cnn.py).
+CNNS = ("resnet50", "wide_resnet50_2")
 
 
 def list_backbones() -> list[str]:
@@ -24,7 +28,7 @@ def create_backbone(arch: str, *, patch_size: int | None = None, img_size: int =
     """A backbone with `.embed_dim`, `forward(x) -> [B, D]`, `forward_views(views) -> [sum B_v, D]` and
     `.timm_name` / `.timm_kwargs` / `.timm_model` for export. ViTs take patch_size 8 or 16 (default 16) and run
     the packed multi-crop pass; the others run one call per crop size. img_size is the ViT's native size (its
-    position-embedding grid); other crop sizes are interpolated."""
+    position-embedding grid); other crop sizes are interpolated. The CNNs (CNNS) take no drop_path_rate."""
     check_attn_backend(attn_backend)
     if arch in _VITS:
         patch_size = 16 if patch_size is None else patch_size
@@ -40,6 +44,12 @@ def create_backbone(arch: str, *, patch_size: int | None = None, img_size: int =
         if patch_size not in (None, native_patch):
             raise ValueError(f"{arch} has no patch_size option (got {patch_size}); leave it unset")
         kwargs = dict(img_size=img_size, dynamic_img_size=True) if arch == "swin_tiny" else {}
+        init_kwargs = {}
+        if arch in CNNS:
+            if drop_path_rate:
+                raise ValueError(f"{arch} takes no drop_path_rate (got {drop_path_rate}): DINO trains CNNs without "
+                                 "stochastic depth; pass drop_path_rate=0")
+            init_kwargs = dict(zero_init_last=False)
         return TimmBackbone(timm_name, floor_to=native_patch, drop_path_rate=drop_path_rate,
-                            grad_checkpointing=grad_checkpointing, **kwargs)
+                            grad_checkpointing=grad_checkpointing, init_kwargs=init_kwargs, **kwargs)
     raise ValueError(f"unknown backbone arch {arch!r}; known: {', '.join(list_backbones())}")
