@@ -34,6 +34,9 @@ class ModelConfig:
     drop_path_rate: float = 0.1
     attn_backend: str = "auto"  # auto | xformers | sdpa (packed attention)
     grad_checkpointing: bool = False
+    # ViT position embedding at other grids: timm | dino (the original code's interpolate_pos_encoding, for weights
+    # trained by it: models/pos_embed.py)
+    pos_embed_interp: str = "timm"
     out_dim: int = 65536
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
@@ -41,7 +44,8 @@ class ModelConfig:
     norm_last_layer: bool = True
 
 
-BACKBONE_KEYS = ("arch", "patch_size", "img_size", "drop_path_rate", "attn_backend", "grad_checkpointing")
+BACKBONE_KEYS = ("arch", "patch_size", "img_size", "drop_path_rate", "attn_backend", "grad_checkpointing",
+                 "pos_embed_interp")
 HEAD_KEYS = ("out_dim", "hidden_dim", "bottleneck_dim", "nlayers", "norm_last_layer")
 
 
@@ -294,6 +298,8 @@ def _leaf_index(cfg: dict) -> dict[str, list[str]]:
     """leaf name -> dotted keys that end with it (for the short form `--set epochs=3`)."""
     index: dict[str, list[str]] = {}
     for section, value in cfg.items():
+        if section == "preset":  # chosen with --preset, not --set (so not offered as a --set key either)
+            continue
         if isinstance(value, dict) and section != "augment":
             for leaf in value:
                 index.setdefault(leaf, []).append(f"{section}.{leaf}")
@@ -315,6 +321,8 @@ def _parse_overrides(overrides: list[str] | dict | None, cfg: dict) -> dict:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set run.epochs=10")
         key, value = item.split("=", 1)
         key = key.strip()
+        if key == "preset":
+            raise ConfigError("--set preset=...: choose the preset with --preset NAME (see `fastdino presets`)")
         if "." not in key:
             matches = index.get(key, [])
             if len(matches) > 1:
@@ -458,6 +466,7 @@ _CHOICES = {
     "optim.clip_mode": ("per_param", "global_norm"),
     "loss.backend": ("auto", "triton", "torch", "reference"),
     "run.precision": ("auto", "bf16", "fp16", "fp32"),
+    "model.pos_embed_interp": ("timm", "dino"),
 }
 
 
@@ -498,6 +507,8 @@ def validate(config: Config) -> None:
     need(get("model.attn_backend") in ATTN_BACKENDS, "model.attn_backend", f"choose one of {', '.join(ATTN_BACKENDS)}")
 
     need(get("model.arch") in list_backbones(), "model.arch", f"choose one of {', '.join(list_backbones())}")
+    need(get("model.pos_embed_interp") == "timm" or get("model.arch").startswith("vit"), "model.pos_embed_interp",
+         "DINO's interpolation is for ViTs only (their absolute position embedding)")
     dev = get("run.device")
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "run.device",
          "use auto, cpu, cuda or cuda:N")
