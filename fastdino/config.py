@@ -139,7 +139,10 @@ _MC = {"model": {"arch": "vit_small", "patch_size": 8, "drop_path_rate": 0.1}, "
        "run": {"epochs": 100, "batch_size": 64}}
 
 PRESETS: dict[str, tuple[str, dict]] = {
-    "dino-mc-vits8": ("DINO-MC paper recipe: ViT-S/8, 2x224 + 6 local crops 184..84 px, K=65536", _MC),
+    # DINO-MC's views, head and optimiser; its authors ran 300 epochs at batch 8 x 4 GPUs on SeCo-100K
+    # (main_dino_mc.py L101, L103; their README): docs/training.md lists what differs.
+    "dino-mc-vits8": ("DINO-MC's views and optimiser on ViT-S/8 (2x224 + 184..84 px, K=65536); 100 ep at batch 64, "
+                      "not the authors' 300 at 32", _MC),
     "dino-mc-vits16": ("DINO-MC recipe on ViT-S/16 (4x fewer tokens than /8)",
                        {**_MC, "model": {**_MC["model"], "patch_size": 16}}),
     "dino-vits16": ("plain DINO: ViT-S/16, 2x224 + 96 px local crops, K=65536",

@@ -1,14 +1,14 @@
 """The original DINO ViT and head, re-written from facebookresearch/dino vision_transformer.py for the tests: same
 module names (so `state_dict()` has DINO's key layout), same forward maths. Nothing here is imported by fastdino.
 
-- PatchEmbed: Conv2d(kernel = stride = patch), flatten, transpose (L115-131).
+- PatchEmbed: Conv2d(kernel = stride = patch), flatten, transpose (L116-131).
 - interpolate_pos_encoding (L174-194): native grid when the token count and the square input say so (L177);
   else bicubic F.interpolate by scale_factor ((H//p + 0.1) / n, (W//p + 0.1) / n), no antialias (L186-191).
   `prepare_tokens` names the input's dims `B, nc, w, h` (L197): its "w" is the height, so the first factor scales
   the rows, as here.
-- Block: x + attn(norm1(x)), x + mlp(norm2(x)) (L104-111); attention softmax(q k^T * head_dim^-0.5) v (L80-92).
+- Block: x + attn(norm1(x)), x + mlp(norm2(x)) (L107-113); attention softmax(q k^T * head_dim^-0.5) v (L80-92).
 - forward: norm(x)[:, 0] (L209-214); get_intermediate_layers: norm of each of the last n blocks' tokens (L225-233).
-- vit_tiny/small/base: width 192/384/768, 12 blocks, 3/6/12 heads, qkv bias, LayerNorm eps 1e-6 (L236-253).
+- vit_tiny/small/base: width 192/384/768, 12 blocks, 3/6/12 heads, qkv bias, LayerNorm eps 1e-6 (L236-254).
 - DINOHead: MLP (Linear, GELU, ..., Linear), L2 normalise, weight_norm(Linear(bottleneck, out_dim, bias=False)).
 """
 
