@@ -15,6 +15,7 @@ module names (so `state_dict()` has DINO's key layout), same forward maths. Noth
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -130,7 +131,9 @@ class DinoHead(nn.Module):
         layers.append(nn.Linear(hidden_dim, bottleneck_dim))
         self.mlp = nn.Sequential(*layers)
         # torch.nn.utils.weight_norm, as the original: state dict entries last_layer.weight_g / last_layer.weight_v
-        self.last_layer = nn.utils.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        with warnings.catch_warnings():  # deprecated in torch, but it is what the original code used
+            warnings.simplefilter("ignore", FutureWarning)
+            self.last_layer = nn.utils.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
 
     def forward(self, x):
         return self.last_layer(F.normalize(self.mlp(x), dim=-1, p=2))

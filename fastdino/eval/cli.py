@@ -45,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Linear layer trained with AdamW on cached, standardised, L2-normalised CLS features (seconds on a CPU; not "
         "DINO's protocol, so its numbers do not compare one to one with papers). --protocol dino: DINO's "
         "eval_linear.py protocol (CLS of the last 4 blocks concatenated, SGD lr 0.001 x batch/256, momentum 0.9, "
-        "cosine per epoch, RandomResizedCrop + flip, the backbone run on every epoch's crops), the protocol behind "
-        "the DINO-MC paper's linear numbers.")
+        "cosine per epoch, RandomResizedCrop + flip, the backbone run on every epoch's crops), also the protocol of "
+        "DINO-MC's own eval_linear.py.")
     for p in (knn, linear):
         p.add_argument("--checkpoint", required=True, type=Path,
                        help="a fastdino checkpoint (RUN/checkpoints/last.pt), a DINO / DINO-MC checkpoint.pth, or a "
