@@ -79,17 +79,18 @@ def find_latest(run_dir: str | Path) -> Path | None:
 
 
 def load_teacher_backbone(path: str | Path, device: str | torch.device = "cpu"):
-    """(teacher backbone in eval mode, config dict) from a checkpoint file or a run folder."""
-    from fastdino.config import backbone_kwargs
-    from fastdino.models import create_backbone
+    """(teacher backbone in eval mode, config dict) from a checkpoint file or a run folder (fastdino.convert reads
+    it, so original DINO / DINO-MC checkpoints work too)."""
+    from fastdino.convert import load_backbone
 
-    ckpt = load_checkpoint(path)
-    config = ckpt["config"]
-    backbone = create_backbone(**backbone_kwargs(config["model"]))
-    prefix = "backbone."
-    state = {k[len(prefix):]: v for k, v in ckpt["teacher"].items() if k.startswith(prefix)}
-    backbone.load_state_dict(state, strict=True)
-    return backbone.to(device).eval(), config
+    path = Path(path)
+    if path.is_dir():
+        found = find_latest(path)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint in {path} (looked for checkpoints/{LAST} and epoch_NNNN.pt)")
+        path = found
+    loaded = load_backbone(path)
+    return loaded.backbone.to(device).eval(), loaded.config
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from fastdino import __version__
+
 # name -> (module, one-line help). Modules with sub-subcommands (eval, viz) add their own subparsers.
 COMMANDS = {
     "train": ("fastdino.cli_train", "pretrain a backbone with DINO / DINO-MC / DINO-TP"),
@@ -22,6 +24,7 @@ COMMANDS = {
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastdino", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fastdino {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in COMMANDS.items():

@@ -34,6 +34,9 @@ class ModelConfig:
     drop_path_rate: float = 0.1
     attn_backend: str = "auto"  # auto | xformers | sdpa (packed attention)
     grad_checkpointing: bool = False
+    # ViT position embedding at other grids: timm | dino (the original code's interpolate_pos_encoding, for weights
+    # trained by it: models/pos_embed.py)
+    pos_embed_interp: str = "timm"
     out_dim: int = 65536
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
@@ -41,7 +44,8 @@ class ModelConfig:
     norm_last_layer: bool = True
 
 
-BACKBONE_KEYS = ("arch", "patch_size", "img_size", "drop_path_rate", "attn_backend", "grad_checkpointing")
+BACKBONE_KEYS = ("arch", "patch_size", "img_size", "drop_path_rate", "attn_backend", "grad_checkpointing",
+                 "pos_embed_interp")
 HEAD_KEYS = ("out_dim", "hidden_dim", "bottleneck_dim", "nlayers", "norm_last_layer")
 
 
@@ -137,7 +141,10 @@ _MC = {"model": {"arch": "vit_small", "patch_size": 8, "drop_path_rate": 0.1}, "
        "run": {"epochs": 100, "batch_size": 64}}
 
 PRESETS: dict[str, tuple[str, dict]] = {
-    "dino-mc-vits8": ("DINO-MC paper recipe: ViT-S/8, 2x224 + 6 local crops 184..84 px, K=65536", _MC),
+    # DINO-MC's views, head and optimiser; its authors ran 300 epochs at batch 8 x 4 GPUs on SeCo-100K
+    # (main_dino_mc.py L101, L103; their README): docs/training.md lists what differs.
+    "dino-mc-vits8": ("DINO-MC's views and optimiser on ViT-S/8 (2x224 + 184..84 px, K=65536); 100 ep at batch 64, "
+                      "not the authors' 300 at 32", _MC),
     "dino-mc-vits16": ("DINO-MC recipe on ViT-S/16 (4x fewer tokens than /8)",
                        {**_MC, "model": {**_MC["model"], "patch_size": 16}}),
     "dino-vits16": ("plain DINO: ViT-S/16, 2x224 + 96 px local crops, K=65536",
@@ -305,6 +312,8 @@ def _leaf_index(cfg: dict) -> dict[str, list[str]]:
     """leaf name -> dotted keys that end with it (for the short form `--set epochs=3`)."""
     index: dict[str, list[str]] = {}
     for section, value in cfg.items():
+        if section == "preset":  # chosen with --preset, not --set (so not offered as a --set key either)
+            continue
         if isinstance(value, dict) and section != "augment":
             for leaf in value:
                 index.setdefault(leaf, []).append(f"{section}.{leaf}")
@@ -326,6 +335,8 @@ def _parse_overrides(overrides: list[str] | dict | None, cfg: dict) -> dict:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set run.epochs=10")
         key, value = item.split("=", 1)
         key = key.strip()
+        if key == "preset":
+            raise ConfigError("--set preset=...: choose the preset with --preset NAME (see `fastdino presets`)")
         if "." not in key:
             matches = index.get(key, [])
             if len(matches) > 1:
@@ -471,6 +482,7 @@ _CHOICES = {
     "loss.ema_buffers": ("none", "copy", "average"),
     "loss.backend": ("auto", "triton", "torch", "reference"),
     "run.precision": ("auto", "bf16", "fp16", "fp32"),
+    "model.pos_embed_interp": ("timm", "dino"),
 }
 
 
@@ -515,6 +527,8 @@ def validate(config: Config) -> None:
 
     need(not (get("model.arch") in CNNS and get("model.drop_path_rate") > 0), "model.drop_path_rate",
          f"model.arch={get('model.arch')} is a CNN, which DINO trains without drop-path; set model.drop_path_rate=0")
+    need(get("model.pos_embed_interp") == "timm" or get("model.arch").startswith("vit"), "model.pos_embed_interp",
+         "DINO's interpolation is for ViTs only (their absolute position embedding)")
     dev = get("run.device")
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "run.device",
          "use auto, cpu, cuda or cuda:N")

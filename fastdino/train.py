@@ -28,7 +28,7 @@ from torch import nn
 
 import fastdino
 from fastdino import checkpoint as ckpt_io
-from fastdino.config import Config, backbone_kwargs, config_diff, config_from_dict, head_kwargs, save_config, scaled_lr
+from fastdino.config import Config, backbone_kwargs, config_diff, head_kwargs, save_config, scaled_lr
 from fastdino.distributed import SINGLE_PROCESS, DistInfo, all_reduce_mean, cleanup, init_distributed, per_rank_batch
 from fastdino.schedules import cosine_schedule, teacher_temp_schedule
 
@@ -336,16 +336,10 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
                              f"pass --epochs N with N > {start_epoch} to train longer")
         log.info(f"resumed from {path} at epoch {start_epoch}")
     elif init_from is not None:
-        state = ckpt_io.load_checkpoint(init_from, map_location=device)
-        old = config_from_dict(state["config"]).model
-        shape_keys = ("arch", "patch_size", "img_size", *head_kwargs(old))  # what the weights' shapes depend on
-        if any(getattr(old, k) != getattr(config.model, k) for k in shape_keys):
-            raise ValueError(f"--init-from {init_from}: its model ({old.arch}/{old.patch_size}, K={old.out_dim}) "
-                             f"is not this run's ({config.model.arch}/{config.model.patch_size}, "
-                             f"K={config.model.out_dim}); set the same model.* keys")
-        tr.student.load_state_dict(state["student"])
-        tr.teacher.load_state_dict(state["teacher"])
-        log.info(f"initialised student and teacher weights from {init_from} (optimiser and schedules start fresh)")
+        # fastdino, DINO / DINO-MC checkpoints or a bare backbone state dict, converted to timm's layout (convert.py)
+        from fastdino.convert import init_twins
+
+        init_twins(init_from, tr.student, tr.teacher, config.model, echo=log.info)
 
     world = dist_info.world_size
     n_params = sum(p.numel() for p in tr.student.parameters())
@@ -420,9 +414,26 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
         from fastdino.viz import plot_curves
 
         log.info(f"plots: {plot_curves(run_dir, run_dir / 'plots' / 'curves.png')}")
+        log.info(_export_final(run_dir))
     log.info(f"done: {done} steps, {summary['img_per_s']:.1f} img/s (global, after the first log window), "
              f"peak memory {summary['peak_mem_gib']:.2f} GiB, wall time {_hms(wall)}; run folder {run_dir}")
     return summary
+
+
+def _export_final(run_dir: Path) -> str:
+    """RUN/exported/: the teacher backbone of checkpoints/last.pt as timm safetensors + metadata JSON, through
+    fastdino/export.py (rank 0; seconds). A failure is reported, not raised: the checkpoints are intact and
+    `fastdino export` can redo it."""
+    from fastdino.export import export_teacher
+
+    last = ckpt_io.checkpoint_dir(run_dir) / ckpt_io.LAST
+    if not last.is_file():
+        return "exported: nothing (no epoch finished, so no checkpoint to export)"
+    try:
+        weights, meta_path, meta = export_teacher(last)
+    except Exception as e:  # noqa: BLE001 - any failure here must not turn a finished run into a failed one
+        return f"WARNING: exporting {last} failed ({type(e).__name__}: {e}); retry with fastdino export --checkpoint"
+    return f"exported: {weights} and {meta_path.name} (teacher backbone after epoch {meta['epoch']}, timm layout)"
 
 
 def _save(tr: Training, config: Config, run_dir: Path, dist_info: DistInfo, epoch: int, iteration: int) -> None:

@@ -32,7 +32,8 @@ CURVES = (  # (metrics.jsonl key, panel title, log scale)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
     att = sub.add_parser("attention", help="last-block CLS attention per head, overlaid on an image")
-    att.add_argument("--checkpoint", required=True, type=Path, help="a fastdino checkpoint (RUN/checkpoints/last.pt)")
+    att.add_argument("--checkpoint", required=True, type=Path,
+                     help="a fastdino checkpoint (RUN/checkpoints/last.pt), a DINO / DINO-MC one, or a state dict")
     att.add_argument("--image", required=True, type=Path, help="the image to look at")
     att.add_argument("--output", type=Path, help="PNG (default: RUN/plots/attention_<image stem>.png)")
     att.add_argument("--image-size", type=int, help="backbone input size (default: the config's global crop)")

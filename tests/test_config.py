@@ -105,6 +105,17 @@ def test_bad_overrides_are_clear_errors(overrides, match):
         load_config(overrides=overrides)
 
 
+def test_preset_is_chosen_with_preset_not_set():
+    """`preset` is refused by --set (the error says use --preset), so it is not offered as a --set key either."""
+    with pytest.raises(ConfigError, match="--preset NAME") as refused:
+        load_config(overrides=["preset=dino-mc-vits8"])
+    assert "unknown key" not in str(refused.value)
+    with pytest.raises(ConfigError, match="known keys: ") as unknown:
+        load_config(overrides=["presets=1"])
+    known = str(unknown.value).split("known keys: ")[1].split(", ")
+    assert "preset" not in known and "epochs" in known and "did you mean" not in str(unknown.value)
+
+
 def test_bad_config_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(config_file=tmp_path / "missing.yaml")

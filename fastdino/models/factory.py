@@ -24,11 +24,12 @@ def list_backbones() -> list[str]:
 
 
 def create_backbone(arch: str, *, patch_size: int | None = None, img_size: int = 224, drop_path_rate: float = 0.0,
-                    attn_backend: str = "auto", grad_checkpointing: bool = False):
+                    attn_backend: str = "auto", grad_checkpointing: bool = False, pos_embed_interp: str = "timm"):
     """A backbone with `.embed_dim`, `forward(x) -> [B, D]`, `forward_views(views) -> [sum B_v, D]` and
     `.timm_name` / `.timm_kwargs` / `.timm_model` for export. ViTs take patch_size 8 or 16 (default 16) and run
     the packed multi-crop pass; the others run one call per crop size. img_size is the ViT's native size (its
-    position-embedding grid); other crop sizes are interpolated. The CNNs (CNNS) take no drop_path_rate."""
+    position-embedding grid); other crop sizes are interpolated, the way timm does or (pos_embed_interp="dino") the
+    way the original DINO code does (models/pos_embed.py). The CNNs (CNNS) take no drop_path_rate."""
     check_attn_backend(attn_backend)
     if arch in _VITS:
         patch_size = 16 if patch_size is None else patch_size
@@ -38,7 +39,11 @@ def create_backbone(arch: str, *, patch_size: int | None = None, img_size: int =
         name = f"{arch}_patch{patch_size}_224"
         timm_name = name if is_model(name) else f"{arch}_patch16_224"
         return PackedViT(timm_name, img_size=img_size, patch_size=patch_size, drop_path_rate=drop_path_rate,
-                         attn_backend=attn_backend, grad_checkpointing=grad_checkpointing)
+                         attn_backend=attn_backend, grad_checkpointing=grad_checkpointing,
+                         pos_embed_interp=pos_embed_interp)
+    if pos_embed_interp != "timm":
+        raise ValueError(f"pos_embed_interp={pos_embed_interp!r} applies to ViTs only ({arch} has no absolute "
+                         "position embedding); leave it 'timm'")
     if arch in _PER_SIZE:
         timm_name, native_patch = _PER_SIZE[arch]
         if patch_size not in (None, native_patch):
