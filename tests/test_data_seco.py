@@ -239,3 +239,38 @@ def test_temporal_needs_a_spec_with_dates(tmp_path):
     image_folder(tmp_path / "f", n_per_class=2)
     with pytest.raises(ValueError, match="temporal=True .* needs a SeCo source"):
         build_pipeline(build_source(tmp_path / "f"), TP, batch_size=2, backend="torch", temporal=True)
+
+
+# --- end to end ---------------------------------------------------------------------------------------------
+def test_fastdino_train_dino_tp_preset_on_a_seco_release_tree(tmp_path, capsys, monkeypatch):
+    """`fastdino train --preset dino-tp-vits8` on band files in SeCo's layout: 3 teacher views, 9 views, a
+    sample per location. The preset's views are kept but 7x smaller (a config file), the model is a ViT-Tiny/8."""
+    import json
+
+    import yaml
+
+    from fastdino.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("FASTDINO_CACHE", str(tmp_path / "cache"))
+    data = seco_release_tree(tmp_path / "seco", n_locations=4, n_acq=5, scale=4)
+    aug = small(TP, 7).to_dict()
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump({"augment": {k: aug[k] for k in ("global_views",
+                                                                                         "local_views")}}))
+    run = tmp_path / "run"
+    try:
+        code = main(["train", "--preset", "dino-tp-vits8", "--config", str(tmp_path / "small.yaml"), "--data",
+                     str(data), "--output", str(run), "--epochs", "1", "--batch-size", "2", "--set",
+                     "model.arch=vit_tiny", "model.img_size=32", "model.out_dim=128", "model.hidden_dim=32",
+                     "model.bottleneck_dim=16", "data.num_threads=0", "data.backend=torch", "run.log_every=1",
+                     "run.device=cpu"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "data: 4 images" in out and "views [32, 32, 32, 26, 23, 20, 17, 14, 12]" in out
+    steps = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == "step"]
+    assert len(steps) == 2 and all(np.isfinite(r["loss"]) for r in steps)  # 4 locations / batch 2
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["temporal"] and [g["date"] for g in saved["augment"]["global_views"]] == [1, 2, 0]
