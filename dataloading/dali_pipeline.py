@@ -1,20 +1,28 @@
 """The fast pipeline: NVIDIA DALI decodes and cuts every view (GPU operators on CUDA, CPU operators otherwise).
 
 Graph per sample: encoded bytes (external_source, fed from Python so that this module owns the order, sharding
-and corrupt-file handling) -> decoders.image ("mixed" = nvJPEG on GPU, "cpu" with device_id=None) -> per view:
+and corrupt-file handling) -> decoders.image ("mixed" = nvJPEG on GPU, "cpu" with device_id=None; SeCo band
+files are decoded one by one, stretched with SeCo's table by lookup_table and stacked B4, B3, B2) -> per view:
 random_resized_crop -> color_twist (jitter and grayscale folded into one 3x3 colour matrix with per-sample
 arithmetic masks; run before the crop when the source has fewer pixels than the view, see dali_graph.py) ->
 gaussian_blur and solarize under DALI conditionals -> crop_mirror_normalize (flip, normalise, HWC uint8 -> CHW
-float).
+float). A `colour_before_crop` group (DINO-TP) runs colour, blur and solarize on the whole image before the crop.
 
 The order of an epoch is a function of (seed, epoch) as in the torch pipeline; the random views come from
 DALI's generator, seeded per rank at build, so they depend on the run's history, not on (seed, epoch) alone.
 
 Where it differs from the torchvision reference (`torch_pipeline.py`), all small:
-- colour jitter is applied in a fixed order (DALI's colour matrix), not torchvision's random order;
-- contrast scales around mid-grey (128), not around the image's mean grey;
+- colour jitter is one affine colour matrix (DALI color_twist: saturation and hue in YIQ, hue as a rotation of the
+  I/Q plane, then contrast around mid-grey 128, then brightness, one clamp at the end), where torchvision applies
+  the four adjustments in a random order with a clamp to [0, 1] after each, hue as a shift in HSV and contrast
+  around the image's mean grey. Without the clamps, and with hue as a YIQ rotation, the four adjustments commute,
+  so the order matters only where an intermediate value leaves [0, 255] and through the hue model;
+- contrast scales around mid-grey (128), not around the image's mean grey (a uniform shift of
+  brightness * (1 - contrast) * (mean - 128) grey levels);
 - grayscale is saturation 0 inside the same colour matrix (after the hue shift);
-- blur is a true Gaussian of the same sigma (PIL approximates it with box filters).
+- blur is a true Gaussian of the same sigma (PIL approximates it with box filters);
+- a `colour_before_crop` view is mirrored after its crop, not before: the crop's position is uniform and
+  symmetric, so the views have the same distribution.
 
 Corrupt files: DALI's decoder fails the whole batch and leaves the pipeline unusable. So (1) every file gets a
 cheap structural check (JPEG/PNG/TIFF signature, JPEG end-of-image marker, PNG IEND chunk) the first time it
@@ -23,8 +31,8 @@ flight are decoded with PIL to find the culprits, those are marked bad, the DALI
 epoch continues from the failed batch. Either way the file is counted in `num_skipped` and warned about once;
 with strict=True it raises instead.
 
-DINO-TP (temporal=True) is supported: each sample feeds one image slot per global view (different
-acquisitions of the location) plus one slot that all local views share (one acquisition).
+DINO-TP (temporal=True) is supported: each sample feeds one image slot per date (`spec.n_dates` acquisitions of
+the location drawn with replacement, as the torch pipeline draws them) and each view is cut from its group's date.
 """
 
 from __future__ import annotations
@@ -33,9 +41,18 @@ import numpy as np
 import torch
 
 from .augment import AugmentationSpec, ViewGroup
+from .bands import RGB_BANDS, band_lut
 from .decode import load_rgb
 from .sources import Acquisition, SeCoLocation
-from .torch_pipeline import ShardedSampler, _check_length, _name, note_skipped, pipeline_items
+from .torch_pipeline import (
+    ShardedSampler,
+    _check_length,
+    _name,
+    check_temporal,
+    draw_dates,
+    note_skipped,
+    pipeline_items,
+)
 
 _JPEG, _PNG = b"\xff\xd8", b"\x89PNG\r\n\x1a\n"
 _TIFF = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -55,10 +72,10 @@ def looks_complete(data: np.ndarray) -> bool:
 class _Feeder:
     """The external_source callback: for DALI iteration j of an epoch, the encoded files of batch start + j."""
 
-    def __init__(self, items: list, sampler: ShardedSampler, batch_size: int, n_global: int, files_per_image: int,
+    def __init__(self, items: list, sampler: ShardedSampler, batch_size: int, n_dates: int, files_per_image: int,
                  temporal: bool, seed: int, strict: bool):
         self.items, self.sampler, self.batch_size = items, sampler, batch_size
-        self.n_global, self.files_per_image, self.temporal = n_global, files_per_image, temporal
+        self.n_dates, self.files_per_image, self.temporal = n_dates, files_per_image, temporal
         self.seed, self.strict = seed, strict
         self.ok: dict[str, bool] = {}
         self.bad: set[str] = set()
@@ -101,8 +118,7 @@ class _Feeder:
             good = [a for a in item.acquisitions if self._usable(a)]
             if not good:
                 return None
-            order = rng.permutation(len(good))
-            slots = [good[order[v % len(good)]] for v in range(self.n_global)] + [good[int(rng.integers(len(good)))]]
+            slots = [good[i] for i in draw_dates(len(good), self.n_dates, rng)]
             return [f for a in slots for f in _files_of(a)]
         return _files_of(item) if self._usable(item) else None
 
@@ -172,6 +188,7 @@ class DaliPipeline:
                  strict: bool = False):
         import nvidia.dali  # noqa: F401  (fail here, where build_pipeline can fall back)
 
+        check_temporal(spec, temporal)
         items = pipeline_items(source, temporal)
         self.spec, self.batch_size, self.gpu = spec, batch_size, gpu
         self.device = torch.device(device)
@@ -181,7 +198,7 @@ class DaliPipeline:
         self.backend = "dali-gpu" if gpu else "dali-cpu"
         self.sampler = ShardedSampler(len(items), rank=rank, world_size=world_size, seed=seed)
         _check_length(len(self.sampler), batch_size, len(items), world_size)
-        self.feeder = _Feeder(items, self.sampler, batch_size, spec.n_global, _files_per_image(items), temporal,
+        self.feeder = _Feeder(items, self.sampler, batch_size, spec.n_dates, _files_per_image(items), temporal,
                               seed, strict)
         self.source_pixels = _typical_pixels(items)
         self.epoch = 0
@@ -204,9 +221,12 @@ class DaliPipeline:
         from .dali_graph import multiview_pipeline
 
         self._builds += 1
-        n_slots = self.spec.n_global + 1 if self.temporal else 1
+        n_slots = self.spec.n_dates if self.temporal else 1
+        # SeCo band files: SeCo's stretch per band, B4, B3, B2 (bands.py); RGB files are read as they are.
+        band_luts = [band_lut(b).tolist() for b in RGB_BANDS] if self.feeder.files_per_image == 3 else None
         # A new seed per rebuild: after a recovery the views must not repeat the failed batch's randomness.
         pipe = multiview_pipeline(self.spec, n_slots=n_slots, files_per_image=self.feeder.files_per_image,
+                                  band_luts=band_luts,
                                   source=self.feeder, gpu=self.gpu, source_pixels=self.source_pixels,
                                   batch_size=self.batch_size,
                                   num_threads=self.num_threads, device_id=self.device_id,
@@ -255,9 +275,8 @@ class DaliPipeline:
 
 
 def view_slots(spec: AugmentationSpec, n_slots: int) -> list[tuple[ViewGroup, int]]:
-    """(group, image slot) per view: one slot for all views, or (DINO-TP) slot v per global view and the last
-    slot for every local view."""
+    """(group, image slot) per view: one slot for all views, or (DINO-TP) the slot of the group's date."""
     views = spec.views()
     if n_slots == 1:
         return [(g, 0) for g in views]
-    return [(g, v if v < spec.n_global else n_slots - 1) for v, g in enumerate(views)]
+    return [(g, g.date) for g in views]

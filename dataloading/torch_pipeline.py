@@ -2,8 +2,14 @@
 
 Per view it does what DINO's `DataAugmentationDINO` (and DINO-MC's version of it) does:
 RandomResizedCrop -> horizontal flip -> ColorJitter (random order, probability p) -> grayscale -> PIL Gaussian
-blur (radius uniform in blur_sigma) -> solarize -> to float, normalise. The random parameters of a view are
+blur (radius uniform in blur_sigma) -> solarize -> to float, normalise. A group with `colour_before_crop` runs
+jitter -> grayscale -> blur -> solarize -> flip on the whole image and crops last, as DINO-TP does (DINO-MC
+data_process/dino_dataset.py L97-104 before dino_augmentation.py L77-80). The random parameters of a view are
 drawn by `sample_view_params` and applied by `apply_view`, so tests can check the distributions directly.
+
+DINO-TP (temporal): a sample is a SeCo location; it draws `spec.n_dates` of its acquisitions with replacement
+(DINO-MC's `np.random.choice(img_names, 3)`, dino_dataset.py L118) and each view is cut from the draw its
+group's `date` names.
 
 Randomness is a function of (seed, epoch, dataset index) only, not of the worker that loads the sample, so a
 run is reproducible whatever `num_threads` is.
@@ -78,11 +84,23 @@ def sample_view_params(group: ViewGroup, width: int, height: int, rng: np.random
 
 def apply_view(img: Image.Image, group: ViewGroup, p: ViewParams, mean, std) -> torch.Tensor:
     """One view as a normalised float tensor [3, size, size]."""
+    if group.colour_before_crop:  # DINO-TP: augment the whole image, then crop (dino_dataset.py L97-104)
+        img = _photometric(img, group, p)
+        img = _crop(TF.hflip(img) if p.flip else img, group, p)
+    else:  # DINO: crop, then flip and colour (main_dino.py L436-447)
+        img = _crop(img, group, p)
+        img = _photometric(TF.hflip(img) if p.flip else img, group, p)
+    return TF.normalize(TF.to_tensor(img), mean, std)
+
+
+def _crop(img: Image.Image, group: ViewGroup, p: ViewParams) -> Image.Image:
     top, left, h, w = p.crop
-    img = TF.resized_crop(img, top, left, h, w, [group.size, group.size], _INTERP[group.interpolation],
-                          antialias=True)
-    if p.flip:
-        img = TF.hflip(img)
+    return TF.resized_crop(img, top, left, h, w, [group.size, group.size], _INTERP[group.interpolation],
+                           antialias=True)
+
+
+def _photometric(img: Image.Image, group: ViewGroup, p: ViewParams) -> Image.Image:
+    """Colour jitter, grayscale, blur, solarize as drawn."""
     if p.jitter is not None:
         order, b, c, s, hue = p.jitter
         for fn in order:  # ColorJitter applies its four adjustments in a random order
@@ -100,7 +118,7 @@ def apply_view(img: Image.Image, group: ViewGroup, p: ViewParams, mean, std) -> 
         img = img.filter(ImageFilter.GaussianBlur(radius=p.blur_sigma))  # DINO blurs with PIL, radius = sigma
     if p.solarize:
         img = ImageOps.solarize(img, threshold=group.solarize_threshold)
-    return TF.normalize(TF.to_tensor(img), mean, std)
+    return img
 
 
 class MultiViewTransform:
@@ -156,8 +174,7 @@ class MultiViewDataset(Dataset):
         return self._load_temporal(item, rng, skipped)
 
     def _load_temporal(self, location: SeCoLocation, rng, skipped):
-        """DINO-TP: global views from different acquisitions, all local views from one acquisition."""
-        n_global, n_views = self.transform.spec.n_global, self.transform.spec.n_views
+        """DINO-TP: `n_dates` acquisitions drawn with replacement; each view gets the draw of its group's date."""
         acqs = list(location.acquisitions)
         images = {}
         for a in acqs:  # the few acquisitions of a location are small; read them all to drop corrupt ones first
@@ -170,10 +187,14 @@ class MultiViewDataset(Dataset):
         names = [a.name for a in acqs if a.name in images]
         if not names:
             raise OSError(f"no readable acquisition in location {location.name!r}")
-        order = rng.permutation(len(names))
-        globals_ = [images[names[order[v % len(names)]]] for v in range(n_global)]
-        local = images[names[int(rng.integers(len(names)))]]
-        return globals_ + [local] * (n_views - n_global)
+        dated = [images[names[i]] for i in draw_dates(len(names), self.transform.spec.n_dates, rng)]
+        return [dated[g.date] for g in self.transform.groups]
+
+
+def draw_dates(n_acquisitions: int, n_dates: int, rng: np.random.Generator) -> list[int]:
+    """Indices of the acquisitions a DINO-TP sample uses, drawn uniformly with replacement (DINO-MC's
+    `np.random.choice(img_names, 3)`, dino_dataset.py L118): t0, t1, ... may be the same date."""
+    return rng.integers(n_acquisitions, size=n_dates).tolist()
 
 
 def _name(item) -> str:
@@ -219,6 +240,13 @@ def _collate(samples):
     return views, [f for s in samples for f in s[1]]
 
 
+def check_temporal(spec: AugmentationSpec, temporal: bool) -> None:
+    if temporal and spec.n_dates < 2:
+        raise ValueError("temporal=True (DINO-TP) cuts views from several acquisitions of a location, but every view "
+                         "of this AugmentationSpec has date 0: use AugmentationSpec.preset('dino-tp') or set "
+                         "ViewGroup.date")
+
+
 def pipeline_items(source, temporal: bool) -> list:
     """What one sample is: an image path, a SeCo acquisition, or (DINO-TP) a SeCo location."""
     if temporal:
@@ -239,6 +267,7 @@ class TorchPipeline:
 
     def __init__(self, source, spec: AugmentationSpec, *, batch_size: int, device="cpu", num_threads: int = 2,
                  seed: int = 0, rank: int = 0, world_size: int = 1, temporal: bool = False, strict: bool = False):
+        check_temporal(spec, temporal)
         items = pipeline_items(source, temporal)
         self.device = torch.device(device)
         self.batch_size = batch_size

@@ -66,11 +66,12 @@ class DataConfig:
     path: str | None = None  # image folder, SeCo root, or the root the list file is relative to
     list_file: str | None = None  # optional file list (one relative path per line)
     layout: str = "auto"  # auto | files | folder | list | seco (see fastdino.dataloading.build_source)
-    subset: float = 1.0  # fraction of the images used (SeCo-100K is the 10% subset of SeCo-1M)
+    subset: float = 1.0  # fraction of the images used; SeCo: of the locations, by a seeded hash (docs/data.md)
     backend: str = "auto"  # pipeline backend: auto | dali | dali-gpu | dali-cpu | torch
     num_threads: int = 2  # DALI threads or DataLoader workers (0: load in the training process)
     strict: bool = False  # True: a corrupt image is an error; False: skipped and counted
-    temporal: bool = False  # DINO-TP: global views from different acquisitions of one location (SeCo)
+    temporal: bool = False  # DINO-TP: a sample is a SeCo location, its views cut from 3 dates (augment_preset dino-tp)
+    acquisitions: str = "one"  # SeCo without temporal: one (per location, seeded, as DINO-MC's MCBase) | all
 
 
 @dataclass
@@ -149,8 +150,8 @@ PRESETS: dict[str, tuple[str, dict]] = {
                        {**_MC, "model": {**_MC["model"], "patch_size": 16}}),
     "dino-vits16": ("plain DINO: ViT-S/16, 2x224 + 96 px local crops, K=65536",
                     {**_MC, "model": {**_MC["model"], "patch_size": 16}, "augment_preset": "dino"}),
-    "dino-tp-vits8": ("DINO-MC with temporal positives: SeCo layout, global views from different dates",
-                      {**_MC, "data": {"layout": "seco", "temporal": True}}),
+    "dino-tp-vits8": ("DINO-TP: SeCo locations, 3 teacher views from 3 dates drawn with replacement + 6 local crops",
+                      {**_MC, "augment_preset": "dino-tp", "data": {"layout": "seco", "temporal": True}}),
     # facebookresearch/dino README.md, "ResNet-50 and other convnets trainings": --arch resnet50 --optimizer sgd
     # --lr 0.03 --weight_decay 1e-4 --weight_decay_end 1e-4 --global_crops_scale 0.14 1 --local_crops_scale 0.05 0.14
     # on 8 GPUs (x --batch_size_per_gpu 64, main_dino.py L90) for 100 epochs; all else main_dino.py's defaults
@@ -537,11 +538,18 @@ def validate(config: Config) -> None:
     need(get("model.patch_size") is None or get("model.patch_size") > 0, "model.patch_size", "must be > 0")
     if config.data.temporal and config.data.layout not in ("seco", "auto"):
         raise ConfigError(f"data.temporal=True needs SeCo data (data.layout=seco), got {config.data.layout!r}")
+    from fastdino.dataloading.sources import ACQUISITIONS
+
+    need(get("data.acquisitions") in ACQUISITIONS, "data.acquisitions", f"choose one of {', '.join(ACQUISITIONS)}")
     if config.augment:
         try:
             spec = AugmentationSpec.from_dict(config.augment)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"augment: {e}") from None
+        if config.data.temporal != (spec.n_dates > 1):  # DINO-TP needs both: the views' dates and the SeCo sampler
+            raise ConfigError(f"data.temporal={config.data.temporal} but the augmentation cuts views from "
+                              f"{spec.n_dates} date(s) (ViewGroup.date): DINO-TP needs data.temporal=true with "
+                              f"augment_preset=dino-tp; plain DINO / DINO-MC needs data.temporal=false")
         patch = config.model.patch_size
         small = [s for s in spec.view_sizes if config.model.arch.startswith("vit") and patch and s < patch]
         if small:  # a ViT needs at least one patch per view; caught here, not in the first forward

@@ -235,7 +235,8 @@ def build_loader(config: Config, device: torch.device, dist_info: DistInfo = SIN
     if d.path is None:
         raise ValueError("data.path is not set: pass --data PATH (an image folder, a SeCo root, or the root of "
                          "--data-list), or run `fastdino train` without --data for the generated demo dataset")
-    source = build_source(d.path, list_file=d.list_file, layout=d.layout, subset=d.subset, seed=config.run.seed)
+    source = build_source(d.path, list_file=d.list_file, layout=d.layout, subset=d.subset, seed=config.run.seed,
+                          acquisitions="all" if d.temporal else d.acquisitions)
     spec = AugmentationSpec.from_dict(config.augment)
     n_images = len(source.locations) if d.temporal else len(source.paths)
     loader = build_pipeline(source, spec, batch_size=per_rank_batch(config.run.batch_size, dist_info.world_size),

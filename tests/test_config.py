@@ -50,8 +50,21 @@ def test_dino_mc_preset_matches_the_paper():
     spec = AugmentationSpec.from_dict(c.augment)
     assert spec.view_sizes == [224, 224, 184, 164, 144, 124, 104, 84]
     tp = load_config("dino-tp-vits8")
-    assert tp.data.temporal and tp.data.layout == "seco"
-    assert AugmentationSpec.from_dict(load_config("dino-vits16").augment).view_sizes == [224] * 2 + [96] * 10
+    assert tp.data.temporal and tp.data.layout == "seco" and tp.augment_preset == "dino-tp"
+    assert AugmentationSpec.from_dict(tp.augment).n_global == 3  # three teacher views (DINO-MC's DINO-TP)
+    assert c.data.acquisitions == "one"  # DINO-MC's MCBase: one acquisition per SeCo location
+    assert AugmentationSpec.from_dict(load_config("dino-vits16").augment).view_sizes == [224] * 2 + [96] * 8
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.temporal=false"], "data.temporal=False but the augmentation cuts views from 3 date"),
+    (["data.acquisitions=some"], "data.acquisitions='some': choose one of all, one"),
+])
+def test_dino_tp_needs_temporal_data_and_its_views(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("dino-tp-vits8", overrides=overrides)
+    with pytest.raises(ConfigError, match="data.temporal=True but the augmentation cuts views from 1 date"):
+        load_config("dino-mc-vits8", overrides=["data.temporal=true", "data.layout=seco"])
 
 
 def test_lr_is_scaled_by_the_global_batch():
