@@ -90,9 +90,7 @@ def test_per_param_clip_with_mixed_dtypes_and_missing_gradients():
             torch.testing.assert_close(p.grad, e.grad, rtol=2**-7, atol=0)
 
 
-def test_per_param_clip_multiplies_same_shape_pairs_once_per_dtype(monkeypatch):
-    """The multiply is one `_foreach_mul_` per (device, dtype) whose second list has the sizes and strides of the
-    gradients: the form CUDA runs as one multi-tensor kernel (a list of 0-dim tensors runs one kernel per tensor)."""
+def spy_foreach_mul(monkeypatch):
     calls = []
     real = torch._foreach_mul_
 
@@ -102,12 +100,25 @@ def test_per_param_clip_multiplies_same_shape_pairs_once_per_dtype(monkeypatch):
         return real(tensors, other)
 
     monkeypatch.setattr(torch, "_foreach_mul_", spy)
-    params = make_params(SHAPES["vit-like"]) + make_params(SHAPES["odd"], dtype=torch.bfloat16)
-    clip_gradients(params, 1.0, "per_param")
-    assert len(calls) == 2 and sorted(len(c) for c in calls) == sorted([len(SHAPES["vit-like"]), len(SHAPES["odd"])])
-    for call in calls:
-        for t_shape, t_stride, t_dtype, o_shape, o_stride, o_dtype in call:
-            assert (t_shape, t_stride, t_dtype) == (o_shape, o_stride, o_dtype)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_spread_multiply_is_one_same_shape_foreach_call(monkeypatch, dtype):
+    """CUDA's form of the per-tensor multiply (run here on CPU): one `_foreach_mul_` whose second list has the sizes
+    and strides of the tensors, the form CUDA runs as one multi-tensor kernel; the values of the per-tensor loop."""
+    from fastdino.multi_tensor import spread_mul_
+
+    tensors = [p.grad for p in make_params(SHAPES["vit-like"] + SHAPES["odd"], dtype=dtype)]
+    coefs = torch.rand(len(tensors), generator=torch.Generator().manual_seed(3))
+    expected = [t * c.to(dtype) for t, c in zip(tensors, coefs, strict=True)]
+    calls = spy_foreach_mul(monkeypatch)
+    spread_mul_(tensors, coefs)
+    assert len(calls) == 1 and len(calls[0]) == len(tensors)
+    for t_shape, t_stride, t_dtype, o_shape, o_stride, o_dtype in calls[0]:
+        assert (t_shape, t_stride, t_dtype) == (o_shape, o_stride, o_dtype)
+    for t, e in zip(tensors, expected, strict=True):
+        assert torch.equal(t, e)
 
 
 def test_global_norm_clip_is_torchs():
@@ -119,14 +130,17 @@ def test_global_norm_clip_is_torchs():
 
 
 @pytest.mark.cuda
-def test_per_param_clip_on_cuda_matches_dino_reference():
-    params = [p.cuda() for p in make_params(SHAPES["vit-like"])]
-    for p, cpu in zip(params, make_params(SHAPES["vit-like"]), strict=True):
-        p.grad = cpu.grad.cuda()
-    expected = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    for e, p in zip(expected, params, strict=True):
-        e.grad = p.grad.clone()
+def test_per_param_clip_on_cuda_matches_dino_reference(monkeypatch):
+    def on_cuda(params):
+        out = [torch.nn.Parameter(p.detach().cuda()) for p in params]
+        for p, src in zip(out, params, strict=True):
+            p.grad = src.grad.cuda()
+        return out
+
+    params, expected = on_cuda(make_params(SHAPES["vit-like"])), on_cuda(make_params(SHAPES["vit-like"]))
+    calls = spy_foreach_mul(monkeypatch)
     clip_gradients(params, 1.0, "per_param")
+    assert len(calls) == 1 and all(pair[0] == pair[3] for pair in calls[0])  # the same-shape (fast path) form
     dino_clip_reference(expected, 1.0)
     for p, e in zip(params, expected, strict=True):  # CUDA's multi-tensor norm sums in another order: ulps
         torch.testing.assert_close(p.grad, e.grad, rtol=1e-5, atol=1e-7)
