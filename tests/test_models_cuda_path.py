@@ -10,8 +10,8 @@ import pytest
 import torch
 from test_models import VIEW_SETS, assert_close_scaled, features_and_grads, make_views, tiny_vit
 
+from fastdino.models import PackedViT, reference_forward_views
 from fastdino.models import attention as attn_mod
-from fastdino.models import reference_forward_views
 from fastdino.models.attention import (
     XFORMERS_DENSE,
     attention_kernel,
@@ -154,3 +154,29 @@ def test_packed_vit_runs_without_the_attention_attributes_of_recent_timm():
             assert not hasattr(blk.attn, "attn_dim") and not hasattr(blk.attn, "gate")
         _check_supported(model.timm_model, "vit_tiny")
         torch.testing.assert_close(model.forward_views(views), before, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_xformers_kernel_matches_the_materialized_masks_and_fp32_takes_sdpa(monkeypatch):
+    """On a GPU: xformers' kernel against the dense path on the same masks (bf16), and fp32 never reaching it."""
+    torch.manual_seed(0)
+    model = PackedViT("vit_small_patch8_224", img_size=224, depth=2, attn_backend="xformers").cuda().eval()
+    views = [v.cuda() for v in make_views([224, 224, 184, 164, 84, 47], 4)]
+    kernels = []
+    original = attn_mod.block_diagonal_attention
+
+    def spy(q, k, v, mask, **kw):
+        kernels.append((q.dtype, kw["dense"]))
+        return original(q, k, v, mask, **kw)
+
+    monkeypatch.setattr(attn_mod, "block_diagonal_attention", spy)
+    with torch.no_grad():
+        fp32 = model.forward_views(views)
+        assert kernels == []  # fp32: sdpa
+        torch.testing.assert_close(fp32, reference_forward_views(model, views), atol=1e-3, rtol=1e-3)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            fast = model.forward_views(views)
+            model.attn_backend = XFORMERS_DENSE
+            dense = model.forward_views(views)
+    assert kernels == [(torch.bfloat16, False)] * 2 + [(torch.bfloat16, True)] * 2
+    assert (fast.float() - dense.float()).norm() <= 2e-2 * dense.float().norm()
