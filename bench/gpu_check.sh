@@ -86,41 +86,7 @@ install() {
 SITE=${FASTDINO_SITE:-/tmp/fastdino-site}
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 phase setup "$SETUP_S" bash -c "$(declare -f install); STATE='$STATE' PY='$PY' install"
-"$PY" - "$OUT/env.json" <<'EOF'
-import json, platform, subprocess, sys, time
-import torch
-env = dict(date=time.strftime("%Y-%m-%d %H:%M"), python=platform.python_version(), torch=torch.__version__,
-           cuda=torch.version.cuda, device=torch.cuda.get_device_name(0),
-           capability=".".join(map(str, torch.cuda.get_device_capability(0))),
-           memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1), gpus=torch.cuda.device_count())
-try:
-    import triton
-    env["triton"] = triton.__version__
-except Exception as e:  # noqa: BLE001
-    env["triton"] = f"absent ({type(e).__name__})"
-try:
-    import xformers
-    env["xformers"] = xformers.__version__
-    info = subprocess.run([sys.executable, "-m", "xformers.info"], capture_output=True, text=True, timeout=60)
-    env["xformers_info"] = info.stdout[-6000:]
-except Exception as e:  # noqa: BLE001
-    env["xformers"] = None
-    env["xformers_missing"] = f"{type(e).__name__}: {e}"
-try:
-    import nvidia.dali
-    env["dali"] = nvidia.dali.__version__
-except Exception as e:  # noqa: BLE001
-    env["dali"] = None
-    env["dali_missing"] = f"{type(e).__name__}: {e}"
-try:
-    env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-except Exception:  # noqa: BLE001
-    env["commit"] = None
-print(json.dumps({k: v for k, v in env.items() if k != "xformers_info"}, indent=1))
-if env.get("xformers_info"):
-    print(env["xformers_info"])
-json.dump(env, open(sys.argv[1], "w"), indent=1)
-EOF
+"$PY" bench/gpu_summary.py "$OUT" --write-env  # OUT_DIR/env.json: device, versions, xformers operators
 
 # --- 2-4. tests, micro-benchmarks, whole step --------------------------------------------------------------------
 stamp="$STATE/stamp" && touch "$stamp"

@@ -1,6 +1,7 @@
 """The one-page summary of bench/gpu_check.sh: OUT_DIR/summary.md from the files the check wrote there.
 
     python bench/gpu_summary.py OUT_DIR [--phases PHASES_TSV] [--no-gpu]
+    python bench/gpu_summary.py OUT_DIR --write-env      (OUT_DIR/env.json: the machine, first)
 
 Reads env.json (device and versions), tests.xml (pytest's JUnit report of `pytest tests -m cuda`), bench.json and
 step.json (pytest-benchmark's JSON: median time and the extra_info bench/utils.record attaches) and the phases
@@ -11,13 +12,55 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import socket
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
 BENCH_FILES = (("bench.json", "CUDA micro-benchmarks"), ("step.json", "Whole training step (batch 64, bf16)"))
+
+
+def describe_machine() -> dict:
+    """Device, versions, and which xformers operators and DALI this environment really has."""
+    import torch
+
+    env = dict(date=time.strftime("%Y-%m-%d %H:%M"), python=platform.python_version(), torch=torch.__version__,
+               cuda=torch.version.cuda, gpus=torch.cuda.device_count())
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env.update(device=props.name, capability=f"{props.major}.{props.minor}",
+                   memory_gib=round(props.total_memory / 2**30, 1))
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except Exception as e:
+        env["triton"] = f"absent ({type(e).__name__})"
+    try:
+        import xformers
+
+        env["xformers"] = xformers.__version__
+        info = subprocess.run([sys.executable, "-m", "xformers.info"], capture_output=True, text=True, timeout=120)
+        env["xformers_info"] = info.stdout[-6000:]
+    except Exception as e:  # absent, or broken against this torch
+        env["xformers"], env["xformers_missing"] = None, f"{type(e).__name__}: {e}"
+    try:
+        import nvidia.dali
+
+        env["dali"] = nvidia.dali.__version__
+    except Exception as e:
+        env["dali"], env["dali_missing"] = None, f"{type(e).__name__}: {e}"
+    try:  # the device's copy of the repository may come without .git, or without git
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=30)
+        env["commit"] = git.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["commit"] = None
+    return env
 
 
 def phases_section(path: Path | None) -> list[str]:
@@ -36,9 +79,9 @@ def phases_section(path: Path | None) -> list[str]:
 def env_section(env: dict) -> list[str]:
     if not env:
         return ["env.json is missing: the check stopped before it described the machine.", ""]
-    lines = [f"Device: {env['device']} (compute capability {env['capability']}, {env['memory_gib']} GiB, "
-             f"{env['gpus']} GPU(s)); torch {env['torch']} (CUDA {env['cuda']}), triton {env['triton']}, "
-             f"Python {env['python']}; fastdino commit {env.get('commit') or 'unknown'}.", ""]
+    lines = [f"Device: {env.get('device', 'no CUDA device')} (compute capability {env.get('capability', '-')}, "
+             f"{env.get('memory_gib', '-')} GiB, {env['gpus']} GPU(s)); torch {env['torch']} (CUDA {env['cuda']}), "
+             f"triton {env['triton']}, Python {env['python']}; fastdino commit {env.get('commit') or 'unknown'}.", ""]
     if env.get("xformers"):
         pairs = [ln.split(":", 1) for ln in env.get("xformers_info", "").splitlines() if ":" in ln]
         ops = [k.strip().removeprefix("memory_efficient_attention.") for k, v in pairs
@@ -138,7 +181,14 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--phases", type=Path)
     parser.add_argument("--no-gpu", action="store_true")
+    parser.add_argument("--write-env", action="store_true", help="write OUT/env.json and print it")
     args = parser.parse_args()
+    if args.write_env:
+        env = describe_machine()
+        (args.out / "env.json").write_text(json.dumps(env, indent=1))
+        print(json.dumps({k: v for k, v in env.items() if k != "xformers_info"}, indent=1))
+        print(env.get("xformers_info", ""))
+        return
     text = build(args.out, args.phases, args.no_gpu)
     (args.out / "summary.md").write_text(text)
     print(text)

@@ -140,7 +140,7 @@ def clip_gradients(params: list[nn.Parameter], clip: float, mode: str) -> None:
     if mode == "global_norm":
         torch.nn.utils.clip_grad_norm_(grads, clip, foreach=True)
         return
-    for group in group_by_device_and_dtype(grads):  # fastdino: one multi-tensor multiply, see scale_each_
+    for group in group_by_device_and_dtype(grads):  # fastdino: on CUDA one multi-tensor multiply (scale_each_)
         norms = torch.stack(torch._foreach_norm(group))
         scale_each_(group, (clip / (norms + 1e-6)).clamp_(max=1.0))
 

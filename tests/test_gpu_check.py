@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.gpu_summary import build
+from bench.gpu_summary import build, describe_machine, env_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,3 +93,21 @@ def test_summary_from_the_files_pytest_writes(tmp_path):
 def test_summary_without_a_gpu(tmp_path):
     text = build(tmp_path, no_gpu=True)
     assert "No CUDA GPU is visible" in text and "no test or benchmark was run" in text
+
+
+def test_machine_description_lists_what_is_really_installed():
+    env = describe_machine()
+    assert env["torch"] == torch.__version__ and env["gpus"] == torch.cuda.device_count()
+    text = "\n".join(env_section(env))
+    try:
+        import xformers
+    except ImportError:
+        assert env["xformers"] is None and "xformers: absent" in text
+    else:  # the operator list parsed from the real `python -m xformers.info`, not "unavailable" ones
+        assert env["xformers"] == xformers.__version__
+        listed = text.split("fmha operators available: ")[1].split(".\n")[0]
+        info = dict(line.split(":", 1) for line in env["xformers_info"].splitlines() if ":" in line)
+        expected = [k.strip().removeprefix("memory_efficient_attention.") for k, v in info.items()
+                    if k.startswith("memory_efficient_attention.") and v.strip() == "available"]
+        assert listed == (", ".join(expected) or "none listed")
+        assert "memory_efficient_attention." in env["xformers_info"]
