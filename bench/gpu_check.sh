@@ -5,15 +5,15 @@
 #    lays them out, split wheels reassembled) into a --target folder and fastdino itself (editable, no deps) when
 #    it does not import; prints what is missing (no xformers / no DALI: those tests skip, the summary says so);
 # 2. pytest tests -m cuda (no -x: one failure must not hide the rest)           -> OUT_DIR/tests.xml
-# 3. the CUDA micro-benchmarks (loss, EMA, student)                              -> OUT_DIR/bench.json, bench_rows.json
+# 3. the CUDA micro-benchmarks (loss, EMA, student, clip)                        -> OUT_DIR/bench.json, bench_rows.json
 # 4. the whole training step, dino-mc-vits8 and dino-mc-vits16, batch 64, bf16, fed by the pipeline and on a
 #    prefetched batch, fastdino and reference                                   -> OUT_DIR/step.json, step_rows.json
 # 5. OUT_DIR/summary.md (one page, built by bench/gpu_summary.py from the files above), OUT_DIR/env.json, OUT_DIR/log.
 # Eight files in all: what one call of the project's device tool brings back.
 # Without a CUDA GPU it says so, writes a summary saying so, and exits 0. With one, it exits 1 if a phase failed.
 #
-# Time: the phases run under timeouts that add up to 7 min 50 s (SETUP_S + TESTS_S + BENCH_S + STEP_S), so the
-# whole check ends within 8 minutes whatever happens; a phase cut short is marked "timeout" in the summary.
+# Time: the phases run under timeouts that add up to 7 min 50 s (SETUP_S + ENV_S + TESTS_S + BENCH_S + STEP_S), so
+# the whole check ends within 8 minutes whatever happens; a phase cut short is marked "timeout" in the summary.
 # Expected on one H100 (SXM, 989 dense bf16 TFLOP/s), about 5-6 minutes:
 # - whole step: ViT-S/8 on DINO-MC views is 3323 tokens per image (2 x 785 + 530 + 401 + 325 + 226 + 170 + 101);
 #   24 d^2 = 3.5 MFLOP per token per block for the linear layers and 4 d sum(T_v^2) = 2.9 GFLOP per image per block
@@ -23,17 +23,18 @@
 #   ~0.04 s. pytest-benchmark runs max(5, 1 s / step) rounds (--benchmark-max-time 1) plus a warm-up and a
 #   peak-memory step: ~1.5 s of GPU work per row, 12 s for the 8 rows. Setup dominates: building the two models
 #   and starting the DataLoader workers (~8 s a row) and the first compilations (~20 s): ~1.5-2 min.
-# - micro-benchmarks: the student at B=64 is the same 34 TFLOP (~0.1 s a round), the loss and the EMA move under
-#   1 GB a call (well under 1 ms): ~10 s of GPU work, ~1 min with imports and Triton compilation.
+# - micro-benchmarks: the student at B=64 is the same 34 TFLOP (~0.1 s a round), the loss, the EMA and the
+#   gradient clip move under 1 GB a call (well under 1 ms): ~10 s of GPU work, ~1 min with model builds, imports
+#   and Triton compilation.
 # - tests: a few dozen small cases; Triton JIT compilation dominates: ~1-1.5 min.
-# - install and imports: ~0.5 min.
+# - install, machine description (python -m xformers.info) and imports: ~0.5 min.
 set -uo pipefail
 
 OUT=${1:?usage: bench/gpu_check.sh OUT_DIR}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 PY=${PYTHON:-python3}
-SETUP_S=${SETUP_S:-60} TESTS_S=${TESTS_S:-150} BENCH_S=${BENCH_S:-100} STEP_S=${STEP_S:-160}
+SETUP_S=${SETUP_S:-40} ENV_S=${ENV_S:-20} TESTS_S=${TESTS_S:-170} BENCH_S=${BENCH_S:-90} STEP_S=${STEP_S:-150}
 export PYTHONUNBUFFERED=1
 STATE=$(mktemp -d)
 trap 'rm -rf "$STATE"' EXIT
@@ -86,7 +87,7 @@ install() {
 SITE=${FASTDINO_SITE:-/tmp/fastdino-site}
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 phase setup "$SETUP_S" bash -c "$(declare -f install); STATE='$STATE' PY='$PY' install"
-"$PY" bench/gpu_summary.py "$OUT" --write-env  # OUT_DIR/env.json: device, versions, xformers operators
+phase env "$ENV_S" "$PY" bench/gpu_summary.py "$OUT" --write-env  # OUT_DIR/env.json: device, versions, operators
 
 # --- 2-4. tests, micro-benchmarks, whole step --------------------------------------------------------------------
 stamp="$STATE/stamp" && touch "$stamp"
