@@ -78,7 +78,7 @@ install() {
     echo "installing ${#wheels[@]} carried wheel(s) into $site: ${wheels[*]##*/}"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "${wheels[@]}" || return 1
   else
-    echo "no carried wheels (.whl/ or /var/tmp/whl); see GPU.md / README 'On a GPU' to bring xformers or DALI"
+    echo "no carried wheels (.whl/ or /var/tmp/whl); README 'On a GPU' says how to bring xformers or DALI"
   fi
   if ! "$PY" -c "import fastdino.kernels, fastdino.dataloading" 2>/dev/null; then
     "$PY" -m pip install -q --no-deps --no-build-isolation -e . || return 1
