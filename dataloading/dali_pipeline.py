@@ -266,6 +266,8 @@ class DaliPipeline:
     def _to_torch(self, tensor_list) -> torch.Tensor:
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
+        # A copy into memory torch owns, so a batch stays valid whatever DALI does with its buffers next (see
+        # tests/test_data_dali_gpu.py); on CUDA DALI orders the copy after the producing work and before any reuse.
         t = tensor_list.as_tensor()
         if not self.gpu:
             return torch.from_numpy(np.array(t)).to(self.device, non_blocking=True)

@@ -68,7 +68,9 @@ class DataConfig:
     layout: str = "auto"  # auto | files | folder | list | seco (see fastdino.dataloading.build_source)
     subset: float = 1.0  # fraction of the images used; SeCo: of the locations, by a seeded hash (docs/data.md)
     backend: str = "auto"  # pipeline backend: auto | dali | dali-gpu | dali-cpu | torch
-    num_threads: int = 2  # DALI threads or DataLoader workers (0: load in the training process)
+    # DALI threads or DataLoader workers (0: load in the training process); "auto": 2 on CPU, on CUDA the rank's
+    # share of the cores less one, at most 10 (fastdino.train.resolve_num_threads)
+    num_threads: int | str = "auto"
     strict: bool = False  # True: a corrupt image is an error; False: skipped and counted
     temporal: bool = False  # DINO-TP: a sample is a SeCo location, its views cut from 3 dates (augment_preset dino-tp)
     acquisitions: str = "one"  # SeCo without temporal: one (per location, seeded, as DINO-MC's MCBase) | all
@@ -511,9 +513,11 @@ def validate(config: Config) -> None:
     for key in ("optim.lr", "loss.student_temp", "loss.teacher_temp", "loss.warmup_teacher_temp"):
         need(get(key) > 0, key, "must be > 0")
     for key in ("optim.min_lr", "optim.weight_decay", "optim.weight_decay_end", "optim.clip_grad",
-                "optim.warmup_epochs", "optim.freeze_last_layer", "loss.warmup_teacher_temp_epochs", "run.seed",
-                "data.num_threads"):
+                "optim.warmup_epochs", "optim.freeze_last_layer", "loss.warmup_teacher_temp_epochs", "run.seed"):
         need(get(key) >= 0, key, "must be >= 0")
+    threads = get("data.num_threads")
+    need(threads == "auto" or (isinstance(threads, int) and threads >= 0), "data.num_threads",
+         "use auto or a number >= 0")
     for key in ("loss.center_momentum", "loss.momentum_teacher"):
         need(0 <= get(key) <= 1, key, "must be in [0, 1]")
     need(0 < get("data.subset") <= 1, "data.subset", "must be in (0, 1] (a fraction of the images)")

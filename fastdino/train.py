@@ -30,6 +30,7 @@ import fastdino
 from fastdino import checkpoint as ckpt_io
 from fastdino.config import Config, backbone_kwargs, config_diff, head_kwargs, save_config, scaled_lr
 from fastdino.distributed import SINGLE_PROCESS, DistInfo, all_reduce_mean, cleanup, init_distributed, per_rank_batch
+from fastdino.multi_tensor import group_by_device_and_dtype, scale_each_
 from fastdino.schedules import cosine_schedule, teacher_temp_schedule
 
 
@@ -52,6 +53,9 @@ def resolve_device(config: Config, dist_info: DistInfo = SINGLE_PROCESS) -> torc
             want = f"cuda:{dist_info.local_rank}"
         if torch.device(want).index >= torch.cuda.device_count():
             raise RuntimeError(f"run.device={want!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+        # Make it the current device: Triton launches its kernels, and DALI and torch.cuda calls without an index
+        # run, on the current device, which is cuda:0 in a single process unless set (torchrun ranks set it too).
+        torch.cuda.set_device(torch.device(want))
     return torch.device(want)
 
 
@@ -73,6 +77,20 @@ def configure_cpu_threads(config: Config, device: torch.device, dist_info: DistI
     if device.type == "cpu":
         budget = max(1, (os.cpu_count() or 1) // dist_info.world_size)
         torch.set_num_threads(min(torch.get_num_threads(), budget))
+
+
+def resolve_num_threads(num_threads: int | str, device: torch.device, dist_info: DistInfo = SINGLE_PROCESS) -> int:
+    """data.num_threads: a number is used as given. "auto": on CPU 2, the former fixed default (torch computes on
+    every core there and the pipeline threads mostly wait, see configure_cpu_threads); on CUDA, where the pipeline
+    must feed a GPU, this rank's share of the machine's cores less one for the training process, at most 10 (DINO's
+    DataLoader workers per GPU: main_dino.py, --num_workers default 10)."""
+    if num_threads != "auto":
+        return int(num_threads)
+    if device.type != "cuda":
+        return 2
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or min(dist_info.world_size, torch.cuda.device_count())
+    return max(1, min(10, cores // max(1, local_ranks) - 1))
 
 
 _AMP_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -129,9 +147,9 @@ def clip_gradients(params: list[nn.Parameter], clip: float, mode: str) -> None:
     if mode == "global_norm":
         torch.nn.utils.clip_grad_norm_(grads, clip, foreach=True)
         return
-    norms = torch.stack(torch._foreach_norm(grads))
-    coefs = (clip / (norms + 1e-6)).clamp_(max=1.0)
-    torch._foreach_mul_(grads, list(coefs.unbind()))
+    for group in group_by_device_and_dtype(grads):  # fastdino: on CUDA one multi-tensor multiply (scale_each_)
+        norms = torch.stack(torch._foreach_norm(group))
+        scale_each_(group, (clip / (norms + 1e-6)).clamp_(max=1.0))
 
 
 @dataclass
@@ -240,7 +258,8 @@ def build_loader(config: Config, device: torch.device, dist_info: DistInfo = SIN
     spec = AugmentationSpec.from_dict(config.augment)
     n_images = len(source.locations) if d.temporal else len(source.paths)
     loader = build_pipeline(source, spec, batch_size=per_rank_batch(config.run.batch_size, dist_info.world_size),
-                            device=device, backend=backend or d.backend, num_threads=d.num_threads,
+                            device=device, backend=backend or d.backend,
+                            num_threads=resolve_num_threads(d.num_threads, device, dist_info),
                             seed=config.run.seed, rank=dist_info.rank, world_size=dist_info.world_size,
                             temporal=d.temporal, strict=d.strict)
     return loader, spec, n_images

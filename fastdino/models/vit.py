@@ -123,7 +123,9 @@ def _check_supported(model: nn.Module, name: str) -> None:
         model.cls_token is not None and model.reg_token is None and not model.no_embed_class
         and model.pos_embed is not None and model.global_pool == "token" and model.attn_pool is None
         and isinstance(model.patch_drop, nn.Identity)
-        and all(type(b) is Block and type(b.attn) is Attention and b.attn.gate is None for b in model.blocks)
+        # `attn.gate` (a gated attention output) exists from timm 1.0.28 on; absent = no gate
+        and all(type(b) is Block and type(b.attn) is Attention and getattr(b.attn, "gate", None) is None
+                for b in model.blocks)
     )
     if not ok:
         raise ValueError(f"PackedViT supports plain CLS-token timm ViTs (vit_tiny/small/base...); {name!r} is not one")
