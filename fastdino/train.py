@@ -282,12 +282,15 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, init_fro
     t_start = time.time()
     dist_info = init_distributed("cuda" if config.run.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        return _train(config, Path(run_dir), dist_info, resume, init_from, echo, reference, max_steps, t_start)
+        # Stop signals only set a flag while training (fastdino.preemption); warning filters set inside are undone.
+        with StopSignals(config.run.stop_signals) as signals, warnings.catch_warnings():
+            return _train(config, Path(run_dir), dist_info, resume, init_from, echo, reference, max_steps, t_start,
+                          signals)
     finally:
         cleanup()
 
 
-def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_steps, t_start) -> dict:
+def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_steps, t_start, signals) -> dict:
     device = resolve_device(config, dist_info)
     configure_cpu_threads(config, device, dist_info)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -360,70 +363,64 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
     loop_start, windows, last_loss = time.time(), [], float("nan")  # windows: (steps, seconds) per log line
     loader.skipped_files.update(skipped)  # found before a resume: logged then, not warned about again
     stop = None
-    signals = StopSignals(config.run.stop_signals)
     control = RunControl(config.run.checkpoint_every_steps, config.run.checkpoint_every_minutes, signals, dist_info)
-    with signals, warnings.catch_warnings():
-        if dist_info.is_main:  # rank 0 writes skipped images to train.log and metrics.jsonl below
-            warnings.filterwarnings("ignore", message="skipping corrupt or unreadable image", category=RuntimeWarning)
-        for epoch in range(start_epoch, epochs):
-            first = start_batch if epoch == start_epoch else 0
-            loader.set_epoch(epoch, first, data_state if first else None)
-            tr.student.train()
-            window, data_wait, t_window = [], 0.0, time.perf_counter()
-            epoch_losses = resumed_losses if first else []
-            t_data = time.perf_counter()
-            for i, views in enumerate(loader, start=first):
-                data_wait += time.perf_counter() - t_data
-                it = epoch * ipe + i
-                torch.manual_seed(_step_seed(config.run.seed, it, dist_info.rank))
-                loss = tr.step(views, float(sched["lr"][it]), float(sched["wd"][it]), float(sched["momentum"][it]),
-                               epoch)
-                window.append(loss)
-                done += 1
-                last_of_epoch = i == ipe - 1 or done == total
-                if (i + 1) % config.run.log_every == 0 or last_of_epoch:
-                    # Host-device sync (once per log window): the window's losses, averaged over ranks.
-                    losses = all_reduce_mean(torch.stack(window).float()).cpu()
-                    bad = (~torch.isfinite(losses)).nonzero()
-                    if len(bad):
-                        first_bad = it - len(window) + 1 + int(bad[0])
-                        good = ckpt_io.find_latest(run_dir)
-                        raise NonFiniteLossError(
-                            f"loss is {losses[int(bad[0])].item()} at step {first_bad} (epoch {epoch}); stopping. "
-                            f"Last good checkpoint: {good or 'none yet'} (left untouched). Lower optim.lr, raise "
-                            "optim.warmup_epochs or use run.precision=fp32, then --resume.")
-                    dt = time.perf_counter() - t_window
-                    windows.append((len(window), dt))
-                    epoch_losses += losses.tolist()
-                    last_loss = losses[-1].item()
-                    rec = dict(type="step", epoch=epoch, iteration=it, loss=losses.mean().item(),
-                               lr=float(sched["lr"][it]), wd=float(sched["wd"][it]),
-                               momentum=float(sched["momentum"][it]),
-                               teacher_temp=float(sched["teacher_temp"][min(epoch, len(sched["teacher_temp"]) - 1)]),
-                               img_per_s=images_per_step * len(window) / dt, data_wait=data_wait / dt,
-                               peak_mem_gib=peak_memory_gib(device),
-                               eta_s=(time.time() - loop_start) / (done - start_done) * (total - done))
-                    log.metrics(rec)
-                    log.info(f"epoch {epoch + 1}/{epochs} it {i + 1}/{ipe}  loss {rec['loss']:.4f}  "
-                             f"lr {rec['lr']:.2e}  {rec['img_per_s']:.1f} img/s  data {100 * rec['data_wait']:.0f}%  "
-                             f"mem {rec['peak_mem_gib']:.2f} GiB  eta {_hms(rec['eta_s'])}")
-                    window, data_wait, t_window = [], 0.0, time.perf_counter()
-                _log_skipped(loader, skipped, log, epoch, it)
-                decision = control.after_step(done)
-                stop = decision.stop
-                if (decision.save or stop or done == total) and i + 1 < ipe:  # mid-epoch: last.pt at the next batch
-                    _save(tr, config, run_dir, dist_info, epoch, done, batch=i + 1, control=control, loader=loader,
-                          epoch_losses=epoch_losses, skipped=skipped)
-                if stop or done == total:
-                    break
-                t_data = time.perf_counter()
-            if i == ipe - 1:  # the epoch is finished (not cut by max_steps or a stop)
-                log.metrics(dict(type="epoch", epoch=epoch, loss=float(np.mean(epoch_losses)),
-                                 time=time.time() - t_start))
-                _save(tr, config, run_dir, dist_info, epoch + 1, done, control=control, loader=loader,
-                      skipped=skipped)
+    if dist_info.is_main:  # rank 0 writes skipped images to train.log and metrics.jsonl (train() restores this)
+        warnings.filterwarnings("ignore", message="skipping corrupt or unreadable image", category=RuntimeWarning)
+    for epoch in range(start_epoch, epochs):
+        first_batch = start_batch if epoch == start_epoch else 0  # a resume inside this epoch starts later
+        loader.set_epoch(epoch, first_batch, data_state if first_batch else None)
+        tr.student.train()
+        window, data_wait, t_window = [], 0.0, time.perf_counter()
+        epoch_losses = resumed_losses if first_batch else []
+        t_data = time.perf_counter()
+        for i, views in enumerate(loader, start=first_batch):
+            data_wait += time.perf_counter() - t_data
+            it = epoch * ipe + i
+            torch.manual_seed(_step_seed(config.run.seed, it, dist_info.rank))
+            loss = tr.step(views, float(sched["lr"][it]), float(sched["wd"][it]), float(sched["momentum"][it]), epoch)
+            window.append(loss)
+            done += 1
+            last_of_epoch = i == ipe - 1 or done == total
+            if (i + 1) % config.run.log_every == 0 or last_of_epoch:
+                # Host-device sync (once per log window): the window's losses, averaged over ranks.
+                losses = all_reduce_mean(torch.stack(window).float()).cpu()
+                bad = (~torch.isfinite(losses)).nonzero()
+                if len(bad):
+                    first = it - len(window) + 1 + int(bad[0])
+                    good = ckpt_io.find_latest(run_dir)
+                    raise NonFiniteLossError(
+                        f"loss is {losses[int(bad[0])].item()} at step {first} (epoch {epoch}); stopping. "
+                        f"Last good checkpoint: {good or 'none yet'} (left untouched). Lower optim.lr, raise "
+                        "optim.warmup_epochs or use run.precision=fp32, then --resume.")
+                dt = time.perf_counter() - t_window
+                windows.append((len(window), dt))
+                epoch_losses += losses.tolist()
+                last_loss = losses[-1].item()
+                rec = dict(type="step", epoch=epoch, iteration=it, loss=losses.mean().item(), lr=float(sched["lr"][it]),
+                           wd=float(sched["wd"][it]), momentum=float(sched["momentum"][it]),
+                           teacher_temp=float(sched["teacher_temp"][min(epoch, len(sched["teacher_temp"]) - 1)]),
+                           img_per_s=images_per_step * len(window) / dt, data_wait=data_wait / dt,
+                           peak_mem_gib=peak_memory_gib(device),
+                           eta_s=(time.time() - loop_start) / (done - start_done) * (total - done))
+                log.metrics(rec)
+                log.info(f"epoch {epoch + 1}/{epochs} it {i + 1}/{ipe}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
+                         f"{rec['img_per_s']:.1f} img/s  data {100 * rec['data_wait']:.0f}%  "
+                         f"mem {rec['peak_mem_gib']:.2f} GiB  eta {_hms(rec['eta_s'])}")
+                window, data_wait, t_window = [], 0.0, time.perf_counter()
+            _log_skipped(loader, skipped, log, epoch, it)
+            decision = control.after_step(done)
+            stop = decision.stop
+            if (decision.save or stop or done == total) and i + 1 < ipe:  # mid-epoch: last.pt at the next batch
+                _save(tr, config, run_dir, dist_info, epoch, done, batch=i + 1, control=control, loader=loader,
+                      epoch_losses=epoch_losses, skipped=skipped)
             if stop or done == total:
                 break
+            t_data = time.perf_counter()
+        if i == ipe - 1:  # the epoch is finished (not cut by max_steps or a stop)
+            log.metrics(dict(type="epoch", epoch=epoch, loss=float(np.mean(epoch_losses)), time=time.time() - t_start))
+            _save(tr, config, run_dir, dist_info, epoch + 1, done, control=control, loader=loader, skipped=skipped)
+        if stop or done == total:
+            break
     control.close()
     skipped = _all_skipped(control, loader, skipped, log)
 
