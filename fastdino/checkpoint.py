@@ -73,11 +73,8 @@ def save_last(state: dict, folder: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     path = Path(path)
-    if path.is_dir():
-        found = find_latest(path)
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint in {path} (looked for checkpoints/{LAST} and epoch_NNNN.pt)")
-        path = found
+    if path.is_dir():  # a run folder: its newest checkpoint, or an error naming the newest readable one
+        return load_latest(path, map_location)[1]
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
@@ -101,7 +98,7 @@ def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu") -
     CheckpointError that names the newest readable checkpoint and how to resume from it."""
     path = find_latest(run_dir)
     if path is None:
-        raise FileNotFoundError(f"no checkpoint in {_folder(run_dir)} (looked for {LAST}, {PREVIOUS}, "
+        raise FileNotFoundError(f"no checkpoint in {_folder(run_dir)} (looked for {LAST}, {PREVIOUS} and "
                                 "epoch_NNNN.pt)")
     try:
         return path, load_checkpoint(path, map_location)
@@ -111,7 +108,7 @@ def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu") -
             hint = "no other checkpoint of this run is readable; start over with --overwrite"
         else:
             hint = (f"the newest readable checkpoint is {good} (step {_iteration(good)}): move {path.name} "
-                    f"aside (mv {path} {path}.bad) and resume again to continue from it")
+                    f"aside (mv {path} {path}.bad) and run again to use it")
         raise CheckpointError(f"{e}; {hint}") from e
 
 

@@ -133,11 +133,14 @@ class RunControl:
 
 def resume_command(run_dir: str | Path) -> str:
     """The command that continues the run in `run_dir`: its config.yaml holds everything the first command set.
-    Under torchrun the launcher is spelled out for one machine; several nodes repeat their own launch line."""
+    Under torchrun on one machine the launcher is spelled out; several nodes (or srun starting the ranks) repeat
+    their own launch line."""
     tail = ["fastdino", "train", "--output", str(run_dir), "--resume"]
-    world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    if "TORCHELASTIC_RUN_ID" not in os.environ or world <= 1:
-        return shlex.join(tail)
-    if world == local:
-        return shlex.join(["torchrun", "--standalone", "--nproc_per_node", str(local), "-m", *tail])
-    return f"<your torchrun launch line for each node> -m {shlex.join(tail)}"
+    if "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        world, local = int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        if world == local:
+            return shlex.join(["torchrun", "--standalone", "--nproc_per_node", str(local), "-m", *tail])
+        return f"<your torchrun launch line on each node> -m {shlex.join(tail)}"
+    if int(os.environ.get("SLURM_NTASKS", 1)) > 1 and "SLURM_PROCID" in os.environ:
+        return f"<your srun line> {shlex.join(tail)}"
+    return shlex.join(tail)

@@ -504,10 +504,12 @@ def test_data_pointing_at_one_image_or_a_binary_file_says_what_was_expected(tmp_
 
 
 def test_resume_command_names_the_launcher(monkeypatch, tmp_path):
-    for var in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+    for var in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NTASKS", "SLURM_PROCID"):
         monkeypatch.delenv(var, raising=False)
     assert resume_command(tmp_path / "r un") == f"fastdino train --output '{tmp_path / 'r un'}' --resume"
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert resume_command("r").startswith("torchrun --standalone --nproc_per_node 4 -m fastdino train --output r")
+    assert resume_command("r") == "torchrun --standalone --nproc_per_node 4 -m fastdino train --output r --resume"
+    monkeypatch.setenv("WORLD_SIZE", "8")  # two nodes
+    assert resume_command("r").startswith("<your torchrun launch line on each node> -m fastdino train")
