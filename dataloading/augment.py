@@ -257,4 +257,5 @@ def _tiny() -> AugmentationSpec:
     return AugmentationSpec(global_views, local_views)
 
 
-_PRESETS = {"dino": _dino, "dino-mc": _dino_mc, "dino-mc-resnet50": _dino_mc_resnet50, "dino-tp": _dino_tp, "tiny": _tiny}
+_PRESETS = {"dino": _dino, "dino-mc": _dino_mc, "dino-mc-resnet50": _dino_mc_resnet50, "dino-tp": _dino_tp,
+            "tiny": _tiny}

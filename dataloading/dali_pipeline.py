@@ -8,8 +8,11 @@ arithmetic masks; run before the crop when the source has fewer pixels than the 
 gaussian_blur and solarize under DALI conditionals -> crop_mirror_normalize (flip, normalise, HWC uint8 -> CHW
 float). A `colour_before_crop` group (DINO-TP) runs colour, blur and solarize on the whole image before the crop.
 
-The order of an epoch is a function of (seed, epoch) as in the torch pipeline; the random views come from
-DALI's generator, seeded per rank at build, so they depend on the run's history, not on (seed, epoch) alone.
+The order of an epoch is a function of (seed, epoch) as in the torch pipeline. The random views come from DALI's
+generators, which cannot be re-seeded or moved to a given batch once built; so every epoch gets a fresh pipeline
+seeded by (seed, epoch, rank), and the views of an epoch do not depend on the epochs before it. A resume inside
+an epoch restores the generators with DALI's own checkpointing (`Pipeline.checkpoint()`, the state after the
+batches already returned, saved in the run's checkpoint by `state_dict`): the resumed run sees the same views.
 
 Where it differs from the torchvision reference (`torch_pipeline.py`), all small:
 - colour jitter is one affine colour matrix (DALI color_twist: saturation and hue in YIQ, hue as a rotation of the
@@ -203,44 +206,71 @@ class DaliPipeline:
         self.source_pixels = _typical_pixels(items)
         self.epoch = 0
         self.skipped_files: set[str] = set()
-        self._builds = 0
-        self._pipe = self._build()  # build now: a DALI problem shows up in build_pipeline, which can fall back
-        self._stale = False
+        self._start, self._restore = 0, None  # where the next iteration starts (set_epoch)
+        self._rebuilds = 0  # rebuilds in this epoch after a decoder failure
+        self._pipe = self._build(0)  # build now: a DALI problem shows up in build_pipeline, which can fall back
+        self._fresh = (0, 0)  # (epoch, start) the unused pipeline above was seeded for
 
     @property
     def num_skipped(self) -> int:
         return len(self.skipped_files | self.feeder.bad)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0, state: dict | None = None) -> None:
+        """The next iteration yields batches start_batch, ... of `epoch`. `state`: what `state_dict()` returned at
+        that position; with it the views are exactly those of an uninterrupted run. Without it (a checkpoint
+        from another world size) the order is the same but the views are drawn afresh, seeded by the position."""
+        self.epoch, self._start, self._restore = epoch, start_batch, state or None
+
+    def state_dict(self) -> dict:
+        """The DALI generators' state after the batches returned so far in this epoch, and the feeder's
+        position and bad-file marks: what `set_epoch(epoch, batch, state)` needs to continue exactly."""
+        return dict(dali=self._pipe.checkpoint(), feeder_start=self.feeder.start, rebuilds=self._rebuilds,
+                    bad_files=sorted(f for f, ok in self.feeder.ok.items() if not ok), bad=sorted(self.feeder.bad))
 
     def __len__(self) -> int:
+        """Batches in a whole epoch, whatever set_epoch's start_batch."""
         return len(self.sampler) // self.batch_size
 
-    def _build(self):
+    def _build(self, start: int, checkpoint: bytes | None = None):
         from .dali_graph import multiview_pipeline
 
-        self._builds += 1
         n_slots = self.spec.n_dates if self.temporal else 1
         # SeCo band files: SeCo's stretch per band, B4, B3, B2 (bands.py); RGB files are read as they are.
         band_luts = [band_lut(b).tolist() for b in RGB_BANDS] if self.feeder.files_per_image == 3 else None
-        # A new seed per rebuild: after a recovery the views must not repeat the failed batch's randomness.
+        # The seed is a function of where the pipeline starts, so the views of an epoch do not depend on the run's
+        # history; a rebuild after a decoder failure gets a new one (it must not repeat the failed batch's draws).
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, self.rank, start, self._rebuilds])
+                   .generate_state(1)[0]) & 0x7FFFFFFF
         pipe = multiview_pipeline(self.spec, n_slots=n_slots, files_per_image=self.feeder.files_per_image,
                                   band_luts=band_luts,
                                   source=self.feeder, gpu=self.gpu, source_pixels=self.source_pixels,
                                   batch_size=self.batch_size,
-                                  num_threads=self.num_threads, device_id=self.device_id,
-                                  seed=self.seed * 1000 + self.rank * 97 + self._builds,
-                                  prefetch_queue_depth=_PREFETCH)
+                                  num_threads=self.num_threads, device_id=self.device_id, seed=seed,
+                                  prefetch_queue_depth=_PREFETCH, enable_checkpointing=True, checkpoint=checkpoint)
         pipe.build()
         return pipe
 
+    def _start_epoch(self) -> int:
+        """Plan the feeder and (re)build the pipeline for the position set by set_epoch; returns the first batch."""
+        start, restore = self._start, self._restore
+        self._start, self._restore = 0, None
+        if restore is not None:  # inside an epoch, with the generators' saved state: continue exactly
+            self._rebuilds = restore["rebuilds"]
+            self.feeder.ok.update(dict.fromkeys(restore["bad_files"], False))
+            self.feeder.bad.update(restore["bad"])
+            self.feeder.plan(self.epoch, start=restore["feeder_start"])
+            # The restored pipeline also resumes its iteration counter: the feeder keeps its saved start.
+            self._pipe = self._build(restore["feeder_start"], checkpoint=restore["dali"])
+        else:
+            self._rebuilds = 0
+            self.feeder.plan(self.epoch, start=start)
+            if self._fresh != (self.epoch, start):
+                self._pipe = self._build(start)
+        self._fresh = None
+        return start
+
     def __iter__(self):
-        if self._stale:  # the last epoch was left early: its batches are still queued in the pipeline
-            self._pipe = self._build()
-        self._stale = True
-        self.feeder.plan(self.epoch)
-        b = 0
+        b = self._start_epoch()
         while b < len(self):
             try:
                 outputs = self._pipe.run()
@@ -250,17 +280,13 @@ class DaliPipeline:
                     what = f" (cannot decode {culprits[0]!r})" if culprits else ""
                     raise RuntimeError(f"DALI pipeline failed at batch {b} of epoch {self.epoch}{what}: {e}") from e
                 self.feeder.plan(self.epoch, start=b)
-                self._pipe = self._build()
+                self._rebuilds += 1
+                self._pipe = self._build(b)
                 continue
             note_skipped(self.skipped_files, sorted(self.feeder.bad - self.skipped_files))
             self.feeder.in_flight.pop(b, None)
             b += 1
             yield [self._to_torch(o) for o in outputs]
-        try:  # the source has said StopIteration for the batch after the last: collect it, rewind for next epoch
-            self._pipe.run()
-        except StopIteration:
-            self._pipe.reset()
-            self._stale = False
         note_skipped(self.skipped_files, sorted(self.feeder.bad - self.skipped_files))
 
     def _to_torch(self, tensor_list) -> torch.Tensor:

@@ -130,6 +130,10 @@ def build_source(path, *, list_file=None, layout: str = "auto", subset: float = 
     if not root.exists():
         raise FileNotFoundError(f"data path {str(root)!r} does not exist")
     if root.is_file():
+        if is_image(root.name):
+            raise ValueError(f"data path {str(root)!r} is a single image; give a folder of images (any depth, or "
+                             "an ImageFolder tree), a SeCo root, or a text file listing image paths (one per line, "
+                             "relative to the list's folder)")
         if layout not in ("auto", "list") or list_file is not None:
             raise ValueError(f"data path {str(root)!r} is a file; give a directory (or a .txt list as the only path)")
         root, list_file, layout = root.parent, root, "list"
@@ -195,7 +199,12 @@ def _read_list(root: Path, list_file: Path | None) -> ImageSource:
         raise ValueError("layout='list' needs list_file= (a text file of image paths relative to the data path)")
     if not list_file.is_file():
         raise FileNotFoundError(f"list file {str(list_file)!r} does not exist")
-    entries = [line.strip() for line in list_file.read_text().splitlines()]
+    try:
+        text = list_file.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"list file {str(list_file)!r} is not a text file; a list file holds image paths, one per "
+                         "line, relative to the data path (the data path may also be a folder of images)") from None
+    entries = [line.strip() for line in text.splitlines()]
     entries = [e for e in entries if e and not e.startswith("#")]
     if not entries:
         raise ValueError(f"list file {str(list_file)!r} lists no images")

@@ -215,9 +215,10 @@ class ShardedSampler(Sampler):
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.n, self.rank, self.world_size, self.seed, self.shuffle = n, rank, world_size, seed, shuffle
         self.epoch = 0
+        self.skip = 0  # indices of this epoch not to yield (a resume inside the epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self.skip = epoch, 0
 
     def indices(self) -> list[int]:
         if self.shuffle:
@@ -229,7 +230,7 @@ class ShardedSampler(Sampler):
 
     def __iter__(self):
         epoch = self.epoch
-        return iter([(epoch, i) for i in self.indices()])
+        return iter([(epoch, i) for i in self.indices()[self.skip:]])
 
     def __len__(self) -> int:
         return self.n // self.world_size
@@ -284,10 +285,19 @@ class TorchPipeline:
         """Distinct files found corrupt so far (each is warned about once)."""
         return len(self.skipped_files)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0, state: dict | None = None) -> None:
+        """The next iteration yields batches start_batch, start_batch + 1, ... of `epoch` (a resume inside an
+        epoch). The skipped batches are never loaded; the others are the same as without the skip, since every
+        random draw is a function of (seed, epoch, index). `state` (from `state_dict`) is not needed here."""
         self.sampler.set_epoch(epoch)
+        self.sampler.skip = start_batch * self.batch_size
+
+    def state_dict(self) -> dict:
+        """What a resume needs besides the position (epoch, batch): nothing, for this pipeline."""
+        return {}
 
     def __len__(self) -> int:
+        """Batches in a whole epoch, whatever set_epoch's start_batch."""
         return len(self.sampler) // self.batch_size
 
     def __iter__(self):

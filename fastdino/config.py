@@ -112,6 +112,13 @@ class RunConfig:
     checkpoint_every: int = 10  # epochs; the last epoch is always saved
     log_every: int = 10  # iterations between progress lines (each one is a host-device sync)
     output: str | None = None  # run folder; None -> runs/<preset>-<timestamp>
+    # Step checkpoints (checkpoints/last.pt mid-epoch; docs/training.md "Preemption and resume"). A ViT-S/8 +
+    # 65536-head checkpoint (student, teacher, AdamW moments) is 0.66 GiB and took 8 s to write on a heavily
+    # loaded shared machine: every 15 minutes that is < 1% of a run, and a kill without warning loses <= 15 min.
+    checkpoint_every_steps: int = 0  # also save every N steps (0: off)
+    checkpoint_every_minutes: float = 15.0  # also save when this long has passed since the last save (0: off)
+    max_steps: int | None = None  # stop after this many steps in all; the schedules still span run.epochs
+    stop_signals: list = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])  # finish the step, save, exit 75
 
 
 @dataclass
@@ -513,11 +520,19 @@ def validate(config: Config) -> None:
     for key in ("optim.lr", "loss.student_temp", "loss.teacher_temp", "loss.warmup_teacher_temp"):
         need(get(key) > 0, key, "must be > 0")
     for key in ("optim.min_lr", "optim.weight_decay", "optim.weight_decay_end", "optim.clip_grad",
-                "optim.warmup_epochs", "optim.freeze_last_layer", "loss.warmup_teacher_temp_epochs", "run.seed"):
+                "optim.warmup_epochs", "optim.freeze_last_layer", "loss.warmup_teacher_temp_epochs", "run.seed",
+                "run.checkpoint_every_steps", "run.checkpoint_every_minutes"):
         need(get(key) >= 0, key, "must be >= 0")
     threads = get("data.num_threads")
     need(threads == "auto" or (isinstance(threads, int) and threads >= 0), "data.num_threads",
          "use auto or a number >= 0")
+    need(get("run.max_steps") is None or get("run.max_steps") > 0, "run.max_steps", "must be > 0 (or null: no cap)")
+    from fastdino.preemption import signal_numbers
+
+    try:
+        signal_numbers(config.run.stop_signals)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     for key in ("loss.center_momentum", "loss.momentum_teacher"):
         need(0 <= get(key) <= 1, key, "must be in [0, 1]")
     need(0 < get("data.subset") <= 1, "data.subset", "must be in (0, 1] (a fraction of the images)")

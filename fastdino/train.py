@@ -18,6 +18,7 @@ import json
 import os
 import resource
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ from fastdino import checkpoint as ckpt_io
 from fastdino.config import Config, backbone_kwargs, config_diff, head_kwargs, save_config, scaled_lr
 from fastdino.distributed import SINGLE_PROCESS, DistInfo, all_reduce_mean, cleanup, init_distributed, per_rank_batch
 from fastdino.multi_tensor import group_by_device_and_dtype, scale_each_
-from fastdino.schedules import cosine_schedule, teacher_temp_schedule
+from fastdino.preemption import RunControl, StopSignals, resume_command
+from fastdino.schedules import cosine_schedule, schedule_warnings, teacher_temp_schedule
 
 
 class NonFiniteLossError(RuntimeError):
@@ -298,9 +300,10 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """Randomness inside the step (drop-path) is a function of (seed, epoch, rank): a resumed run repeats it."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+def _step_seed(seed: int, iteration: int, rank: int) -> int:
+    """Randomness inside the step (drop-path) is a function of (seed, iteration, rank), re-seeded every step: a run
+    resumed at any step, on any number of restarts, repeats it without saving any generator state."""
+    return int(np.random.SeedSequence([seed, iteration, rank]).generate_state(1)[0])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -309,17 +312,21 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, init_from: str | Path | None = None,
           echo: Callable[[str], None] = print, reference: bool = False, max_steps: int | None = None) -> dict:
-    """Train; returns the summary (img/s, peak memory, wall time, final loss). The run folder must be prepared
-    by the caller (cli_train checks that it is empty unless resuming). max_steps stops early (tests)."""
+    """Train; returns the summary (img/s, peak memory, wall time, final loss, skipped images, and `stopped`: the
+    name of the signal that stopped the run early, else None). The run folder must be prepared by the caller
+    (cli_train checks that it is empty unless resuming). max_steps overrides run.max_steps."""
     t_start = time.time()
     dist_info = init_distributed("cuda" if config.run.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        return _train(config, Path(run_dir), dist_info, resume, init_from, echo, reference, max_steps, t_start)
+        # Stop signals only set a flag while training (fastdino.preemption); warning filters set inside are undone.
+        with StopSignals(config.run.stop_signals) as signals, warnings.catch_warnings():
+            return _train(config, Path(run_dir), dist_info, resume, init_from, echo, reference, max_steps, t_start,
+                          signals)
     finally:
         cleanup()
 
 
-def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_steps, t_start) -> dict:
+def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_steps, t_start, signals) -> dict:
     device = resolve_device(config, dist_info)
     configure_cpu_threads(config, device, dist_info)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -334,13 +341,15 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
     tr = build_training(config, device, n_global=spec.n_global, n_views=spec.n_views, reference=reference,
                         dist_info=dist_info)
     sched = build_schedules(config, ipe)
+    max_steps = config.run.max_steps if max_steps is None else max_steps
+    total = epochs * ipe if max_steps is None else min(epochs * ipe, max_steps)
 
-    start_epoch = 0
+    start_epoch, start_batch, data_state, resumed_losses, skipped = 0, 0, None, [], set()
     if resume:
-        path = ckpt_io.find_latest(run_dir)
-        if path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start without --resume")
-        state = ckpt_io.load_checkpoint(path, map_location=device)
+        # On the CPU whatever the device: torch.set_rng_state takes CPU tensors only, and load_state_dict moves
+        # weights and optimiser state to their parameters' device (DINO's utils.restart_from_checkpoint does
+        # the same). An unreadable last.pt is an error naming the newest readable checkpoint.
+        path, state = ckpt_io.load_latest(run_dir, map_location="cpu")
         for line in config_diff(state["config"], config.to_dict()):
             log.info(f"WARNING: resumed config differs from the checkpoint's: {line}")
         tr.student.load_state_dict(state["student"])
@@ -350,11 +359,14 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
             tr.scaler.load_state_dict(state["scaler"])
         tr.dino_loss.load_state_dict(state["dino_loss"])
         ckpt_io.set_rng_state(state["rng"])
-        start_epoch = state["epoch"]
-        if start_epoch >= epochs:
-            raise ValueError(f"--resume: {path} already finished {start_epoch} epochs of run.epochs={epochs}; "
-                             f"pass --epochs N with N > {start_epoch} to train longer")
-        log.info(f"resumed from {path} at epoch {start_epoch}")
+        start_epoch, start_batch = state["epoch"], state.get("batch", 0)  # checkpoints before 0.2: epoch ends only
+        if start_epoch * ipe + start_batch >= total:
+            raise ValueError(f"--resume: {path} is at step {start_epoch * ipe + start_batch}, the end of this run "
+                             f"(run.epochs={epochs}, run.max_steps={max_steps}); raise --epochs or --max-steps to "
+                             "train longer")
+        data_state = _rank_data_state(state, dist_info, log)
+        resumed_losses, skipped = state.get("epoch_losses", []), set(state.get("skipped_images", []))
+        log.info(f"resumed from {path} at epoch {start_epoch}" + (f", batch {start_batch}" if start_batch else ""))
     elif init_from is not None:
         # fastdino, DINO / DINO-MC checkpoints or a bare backbone state dict, converted to timm's layout (convert.py)
         from fastdino.convert import init_twins
@@ -369,20 +381,32 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
     log.info(f"device {device}, precision {tr.precision}, {world} rank(s); global batch {config.run.batch_size} "
              f"({config.run.batch_size // world} per rank), lr {scaled_lr(config):.3g} "
              f"(= {config.optim.lr:g} x {config.run.batch_size}/256)")
+    o = config.optim
+    for warning in schedule_warnings(epochs=epochs, iters_per_epoch=ipe, warmup_epochs=o.warmup_epochs,
+                                     freeze_last_layer=o.freeze_last_layer, max_steps=max_steps,
+                                     warmup_teacher_temp_epochs=config.loss.warmup_teacher_temp_epochs):
+        log.info(f"WARNING: {warning}")
 
-    done = start_epoch * ipe  # iterations finished
-    total = epochs * ipe if max_steps is None else min(epochs * ipe, max_steps)
+    done = start_epoch * ipe + start_batch  # iterations finished
+    start_done = done
     images_per_step = config.run.batch_size  # global
     loop_start, windows, last_loss = time.time(), [], float("nan")  # windows: (steps, seconds) per log line
+    loader.skipped_files.update(skipped)  # found before a resume: logged then, not warned about again
+    stop = None
+    control = RunControl(config.run.checkpoint_every_steps, config.run.checkpoint_every_minutes, signals, dist_info)
+    if dist_info.is_main:  # rank 0 writes skipped images to train.log and metrics.jsonl (train() restores this)
+        warnings.filterwarnings("ignore", message="skipping corrupt or unreadable image", category=RuntimeWarning)
     for epoch in range(start_epoch, epochs):
-        loader.set_epoch(epoch)
-        torch.manual_seed(_epoch_seed(config.run.seed, epoch, dist_info.rank))
+        first_batch = start_batch if epoch == start_epoch else 0  # a resume inside this epoch starts later
+        loader.set_epoch(epoch, first_batch, data_state if first_batch else None)
         tr.student.train()
-        window, epoch_losses, data_wait, t_window = [], [], 0.0, time.perf_counter()
+        window, data_wait, t_window = [], 0.0, time.perf_counter()
+        epoch_losses = resumed_losses if first_batch else []
         t_data = time.perf_counter()
-        for i, views in enumerate(loader):
+        for i, views in enumerate(loader, start=first_batch):
             data_wait += time.perf_counter() - t_data
             it = epoch * ipe + i
+            torch.manual_seed(_step_seed(config.run.seed, it, dist_info.rank))
             loss = tr.step(views, float(sched["lr"][it]), float(sched["wd"][it]), float(sched["momentum"][it]), epoch)
             window.append(loss)
             done += 1
@@ -407,36 +431,53 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
                            teacher_temp=float(sched["teacher_temp"][min(epoch, len(sched["teacher_temp"]) - 1)]),
                            img_per_s=images_per_step * len(window) / dt, data_wait=data_wait / dt,
                            peak_mem_gib=peak_memory_gib(device),
-                           eta_s=(time.time() - loop_start) / (done - start_epoch * ipe) * (total - done))
+                           eta_s=(time.time() - loop_start) / (done - start_done) * (total - done))
                 log.metrics(rec)
                 log.info(f"epoch {epoch + 1}/{epochs} it {i + 1}/{ipe}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
                          f"{rec['img_per_s']:.1f} img/s  data {100 * rec['data_wait']:.0f}%  "
                          f"mem {rec['peak_mem_gib']:.2f} GiB  eta {_hms(rec['eta_s'])}")
                 window, data_wait, t_window = [], 0.0, time.perf_counter()
-            if done == total:
+            _log_skipped(loader, skipped, log, epoch, it)
+            decision = control.after_step(done)
+            stop = decision.stop
+            if (decision.save or stop or done == total) and i + 1 < ipe:  # mid-epoch: last.pt at the next batch
+                _save(tr, config, run_dir, dist_info, epoch, done, batch=i + 1, control=control, loader=loader,
+                      epoch_losses=epoch_losses, skipped=skipped)
+            if stop or done == total:
                 break
             t_data = time.perf_counter()
-        log.metrics(dict(type="epoch", epoch=epoch, loss=float(np.mean(epoch_losses)), time=time.time() - t_start))
-        finished = epoch + 1 if i == ipe - 1 else epoch  # a max_steps cut mid-epoch is not a finished epoch
-        if finished == epoch + 1:
-            _save(tr, config, run_dir, dist_info, finished, finished * ipe)
-        if done == total:
+        if i == ipe - 1:  # the epoch is finished (not cut by max_steps or a stop)
+            log.metrics(dict(type="epoch", epoch=epoch, loss=float(np.mean(epoch_losses)), time=time.time() - t_start))
+            _save(tr, config, run_dir, dist_info, epoch + 1, done, control=control, loader=loader, skipped=skipped)
+        if stop or done == total:
             break
+    control.close()
+    skipped = _all_skipped(control, loader, skipped, log)
 
     wall = time.time() - t_start
     timed = windows[1:] or windows  # the first window holds the warm-up (allocator, compile, workers starting)
     img_per_s = images_per_step * sum(n for n, _ in timed) / max(sum(t for _, t in timed), 1e-9)
     summary = dict(type="summary", img_per_s=img_per_s,
                    peak_mem_gib=peak_memory_gib(device), wall_s=wall, steps=done, final_loss=last_loss,
-                   device=str(device), world_size=world)
+                   device=str(device), world_size=world, skipped_images=len(skipped),
+                   stopped=stop.name if stop else None)
     log.metrics(summary)
+    skipped_note = f"; {len(skipped)} corrupt or unreadable image(s) skipped (listed in train.log)" if skipped else ""
+    if stop:
+        position = f"{i + 1} of {ipe} batches done" if i + 1 < ipe else "its last batch done"
+        position = f"epoch {epoch + 1}/{epochs}, {position}"
+        log.info(f"stopped by {stop.name} after step {done} ({position}); state saved in "
+                 f"{ckpt_io.checkpoint_dir(run_dir) / ckpt_io.LAST}{skipped_note}. Resume with:\n"
+                 f"  {resume_command(run_dir)}")
+        return summary
     if dist_info.is_main:
         from fastdino.viz import plot_curves
 
         log.info(f"plots: {plot_curves(run_dir, run_dir / 'plots' / 'curves.png')}")
         log.info(_export_final(run_dir))
     log.info(f"done: {done} steps, {summary['img_per_s']:.1f} img/s (global, after the first log window), "
-             f"peak memory {summary['peak_mem_gib']:.2f} GiB, wall time {_hms(wall)}; run folder {run_dir}")
+             f"peak memory {summary['peak_mem_gib']:.2f} GiB, wall time {_hms(wall)}; run folder {run_dir}"
+             f"{skipped_note}")
     return summary
 
 
@@ -456,15 +497,58 @@ def _export_final(run_dir: Path) -> str:
     return f"exported: {weights} and {meta_path.name} (teacher backbone after epoch {meta['epoch']}, timm layout)"
 
 
-def _save(tr: Training, config: Config, run_dir: Path, dist_info: DistInfo, epoch: int, iteration: int) -> None:
-    """last.pt after every epoch (resume granularity), epoch_NNNN.pt every checkpoint_every and at the end."""
+def _rank_data_state(state: dict, dist_info: DistInfo, log: RunLog) -> dict | None:
+    """This rank's pipeline state from a mid-epoch checkpoint (one entry per rank), if it fits this world."""
+    per_rank = state.get("data")
+    if not per_rank:
+        return None
+    if len(per_rank) != dist_info.world_size:
+        log.info(f"WARNING: the checkpoint was written by {len(per_rank)} rank(s), this run has "
+                 f"{dist_info.world_size}: the rest of epoch {state['epoch']} sees other images and views than an "
+                 "uninterrupted run would (the epochs after it are unaffected)")
+        return None
+    return per_rank[dist_info.rank]
+
+
+def _log_skipped(loader, logged: set[str], log: RunLog, epoch: int, it: int) -> None:
+    """Images the pipeline skipped as corrupt since the last call: one line each in train.log and metrics.jsonl."""
+    if len(loader.skipped_files) > len(logged):  # a set-size check per step: cheap
+        for f in sorted(set(loader.skipped_files) - logged):
+            log.info(f"WARNING: skipped corrupt or unreadable image {f} (epoch {epoch}, step {it}); "
+                     "data.strict=true stops on it instead")
+            log.metrics(dict(type="skipped_image", file=f, epoch=epoch, iteration=it))
+            logged.add(f)
+
+
+def _all_skipped(control: RunControl, loader, logged: set[str], log: RunLog) -> set[str]:
+    """The union over ranks of the skipped images (rank 0 logs the ones only other ranks saw)."""
+    per_rank = control.gather(sorted(set(loader.skipped_files) | logged))
+    if per_rank is None:
+        return logged
+    union = set().union(*per_rank)
+    for f in sorted(union - logged):
+        log.info(f"WARNING: skipped corrupt or unreadable image {f} (on another rank)")
+        log.metrics(dict(type="skipped_image", file=f))
+    return union
+
+
+def _save(tr: Training, config: Config, run_dir: Path, dist_info: DistInfo, epoch: int, iteration: int, *,
+          batch: int = 0, control: RunControl, loader, epoch_losses: list[float] | None = None,
+          skipped: set[str] = frozenset()) -> None:
+    """last.pt (the one it replaces kept as previous.pt) at position (epoch, batch): after every epoch (batch 0),
+    and mid-epoch for step checkpoints and stops. epoch_NNNN.pt every checkpoint_every epochs and at the end.
+    Every rank calls it (the pipelines' states and skipped images are gathered to rank 0, which writes)."""
+    per_rank = control.gather((loader.state_dict() if batch else None, sorted(set(loader.skipped_files) | skipped)))
+    control.saved()
     if not dist_info.is_main:
         return
     state = dict(config=config.to_dict(), student=tr.student.state_dict(), teacher=tr.teacher.state_dict(),
                  optimizer=tr.optimizer.state_dict(), scaler=tr.scaler.state_dict(),
-                 dino_loss=tr.dino_loss.state_dict(), epoch=epoch, iteration=iteration, rng=ckpt_io.rng_state(),
+                 dino_loss=tr.dino_loss.state_dict(), epoch=epoch, batch=batch, iteration=iteration,
+                 data=[d for d, _ in per_rank] if batch else None, epoch_losses=list(epoch_losses or []),
+                 skipped_images=sorted(set().union(*(s for _, s in per_rank))), rng=ckpt_io.rng_state(),
                  fastdino_version=fastdino.__version__)
     folder = ckpt_io.checkpoint_dir(run_dir)
-    ckpt_io.save_checkpoint(state, folder / ckpt_io.LAST)
-    if epoch % config.run.checkpoint_every == 0 or epoch == config.run.epochs:
+    ckpt_io.save_last(state, folder)
+    if batch == 0 and (epoch % config.run.checkpoint_every == 0 or epoch == config.run.epochs):
         ckpt_io.save_checkpoint(state, folder / ckpt_io.epoch_checkpoint_name(epoch))
