@@ -552,8 +552,6 @@ def validate(config: Config) -> None:
     dev = get("run.device")
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "run.device",
          "use auto, cpu, cuda or cuda:N")
-    need(not (dev == "cpu" and get("run.precision") == "fp16"), "run.precision",
-         "fp16 needs CUDA (its grad scaler); use fp32 or bf16 on CPU")
     need(get("model.patch_size") is None or get("model.patch_size") > 0, "model.patch_size", "must be > 0")
     if config.data.temporal and config.data.layout not in ("seco", "auto"):
         raise ConfigError(f"data.temporal=True needs SeCo data (data.layout=seco), got {config.data.layout!r}")
