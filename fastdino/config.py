@@ -106,6 +106,20 @@ class RunConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The online k-NN monitor (fastdino.eval.online): off unless knn_train and knn_val are set."""
+
+    knn_train: str | None = None  # labelled list (ROOT/<class>/<image> paths, relative to knn_root): memory bank
+    knn_val: str | None = None  # labelled list scored after every knn_every epochs (choose recipes on val, not test)
+    knn_root: str | None = None  # folder the lists are relative to (None: data.path)
+    knn_every: int = 1  # epochs between evaluations; the last epoch is always evaluated
+    knn_bank_size: int = 5000  # stratified subset of knn_train used as the memory bank (0: all of it)
+    knn_k: int = 20  # DINO eval_knn.py defaults: 20 neighbours, vote weight exp(similarity / 0.07)
+    knn_temperature: float = 0.07
+    knn_image_size: int | None = None  # None: the largest global crop (what `fastdino eval` uses)
+
+
+@dataclass
 class Config:
     preset: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -115,12 +129,13 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
 
 
-SECTIONS = ("model", "data", "optim", "loss", "run")
+SECTIONS = ("model", "data", "optim", "loss", "run", "eval")
 
 
 def scaled_lr(config: Config) -> float:
@@ -246,7 +261,7 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 _SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "loss": LossConfig,
-                  "run": RunConfig}
+                  "run": RunConfig, "eval": EvalConfig}
 
 
 def _hints(name: str) -> dict[str, Any]:
@@ -265,7 +280,8 @@ def _read_config_file(path: str | Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping (sections model, data, optim, loss, run, augment)")
+        raise ConfigError(f"config file {path} must hold a mapping (sections model, data, optim, loss, run, eval, "
+                          "augment)")
     return data
 
 
@@ -482,6 +498,10 @@ def validate(config: Config) -> None:
     for key in ("run.epochs", "run.batch_size", "run.checkpoint_every", "run.log_every",
                 "model.out_dim", "model.hidden_dim", "model.bottleneck_dim", "model.nlayers", "model.img_size"):
         need(get(key) > 0, key, "must be > 0")
+    for key in ("eval.knn_every", "eval.knn_k", "eval.knn_temperature"):
+        need(get(key) > 0, key, "must be > 0")
+    need(get("eval.knn_image_size") is None or get("eval.knn_image_size") > 0, "eval.knn_image_size", "must be > 0")
+    need(get("eval.knn_bank_size") >= 0, "eval.knn_bank_size", "must be >= 0 (0: the whole knn_train list)")
     for key in ("optim.lr", "loss.student_temp", "loss.teacher_temp", "loss.warmup_teacher_temp"):
         need(get(key) > 0, key, "must be > 0")
     for key in ("optim.min_lr", "optim.weight_decay", "optim.weight_decay_end", "optim.clip_grad",

@@ -339,6 +339,11 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
     log.info(f"device {device}, precision {tr.precision}, {world} rank(s); global batch {config.run.batch_size} "
              f"({config.run.batch_size // world} per rank), lr {scaled_lr(config):.3g} "
              f"(= {config.optim.lr:g} x {config.run.batch_size}/256)")
+    from fastdino.eval.online import OnlineKNN
+
+    knn = OnlineKNN.from_config(config, device, dist_info)  # the eval.knn_* monitor; None unless configured
+    if knn is not None:
+        log.info(knn.describe())
 
     done = start_epoch * ipe  # iterations finished
     total = epochs * ipe if max_steps is None else min(epochs * ipe, max_steps)
@@ -390,6 +395,9 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
         finished = epoch + 1 if i == ipe - 1 else epoch  # a max_steps cut mid-epoch is not a finished epoch
         if finished == epoch + 1:
             _save(tr, config, run_dir, dist_info, finished, finished * ipe)
+            if knn is not None and knn.due(finished, epochs):  # a collective: every rank evaluates a share
+                log.metrics(rec := knn.evaluate(tr.teacher["backbone"], epoch=epoch, iteration=finished * ipe - 1))
+                log.info(knn.format(rec, epochs))
         if done == total:
             break
 
