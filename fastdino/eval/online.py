@@ -8,8 +8,9 @@ uint8 tensor (EuroSAT: 3 x 64 x 64 = 12 KiB an image); normalisation happens per
 (L2-normalised CLS features) and DINO's weighted k-NN (`fastdino.eval.knn`, k=20, T=0.07) scores val.
 
 The memory bank is a stratified, seeded subset of `eval.knn_train` (`eval.knn_bank_size` images, 0 = all): the
-backbone pass over the bank is most of the cost, and a smaller bank gives a few points lower accuracy than
-`fastdino eval knn` with the whole train list (which stays the number to report); the curve is for watching.
+backbone pass over the bank is most of the cost, and a smaller bank gives lower accuracy than `fastdino eval knn`
+with the whole train list, which stays the number to report (EuroSAT val, one checkpoint: 63.37 with a 5,002-image
+bank, 66.72 with all 16,200); the curve compares runs and shows the trend.
 
 Every rank does an equal share: rank r decodes and embeds images r, r + W, r + 2W, ... of the bank and of val;
 bank features are all-gathered, each rank scores its own val images, and the hit counts are summed. So no rank
