@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fastdino.dataloading import make_synthetic_dataset
+from fastdino.dataloading import AugmentationSpec, make_synthetic_dataset
 
 from bench.utils import devices, peak_memory_bytes, record, sync
 from fastdino.config import load_config
@@ -81,4 +81,36 @@ def test_train_step(benchmark, tmp_path_factory, device, preset, batch, threads,
     pipeline = loader.backend
     group = f"train step {preset} B={batch} {device}" + (" (prefetched batch)" if feed == "prefetched" else "")
     record(benchmark, group=group, impl=impl, images=batch, peak_mem=peak, device=device, pipeline=pipeline, feed=feed)
+    benchmark(step)
+
+
+# ---- CPU: fp32 vs bf16 autocast vs torch.compile (issue #17) -------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["fp32", "bf16", "compile"])
+def test_train_step_cpu_precision_and_compile(benchmark, variant):
+    """The tiny preset's fastdino step on prefetched views (no pipeline), fp32 (the `reference` row of the group),
+    bf16 autocast (run.precision=bf16) and run.compile=true (inductor). The first call's time is reported apart
+    (compile_s: compilation, or the first-step overheads for the eager rows): it counts against a run's budget."""
+    import time
+
+    batch = 16
+    config = load_config("tiny", overrides=["run.device=cpu", f"run.batch_size={batch}",
+                                            f"run.precision={'bf16' if variant == 'bf16' else 'fp32'}",
+                                            f"run.compile={variant == 'compile'}"])
+    spec = AugmentationSpec.from_dict(config.augment)
+    gen = torch.Generator().manual_seed(0)
+    views = [torch.randn(batch, 3, s, s, generator=gen) for s in spec.view_sizes]
+    torch.manual_seed(0)
+    tr = build_training(config, torch.device("cpu"), n_global=spec.n_global, n_views=spec.n_views)
+
+    def step():
+        return tr.step(views, lr=1e-4, wd=0.04, momentum=0.996, epoch=1)
+
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    record(benchmark, group=f"train step tiny B={batch} cpu, prefetched views: fp32 / bf16 / compile",
+           impl="reference" if variant == "fp32" else variant, images=batch, device="cpu", compile_s=first,
+           threads=torch.get_num_threads())
     benchmark(step)

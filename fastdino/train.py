@@ -385,6 +385,12 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
                                      warmup_teacher_temp_epochs=config.loss.warmup_teacher_temp_epochs):
         log.info(f"WARNING: {warning}")
 
+    from fastdino.eval.online import OnlineKNN
+
+    knn = OnlineKNN.from_config(config, device, dist_info)  # the eval.knn_* monitor; None unless configured
+    if knn is not None:
+        log.info(knn.describe())
+
     done = start_epoch * ipe + start_batch  # iterations finished
     start_done = done
     images_per_step = config.run.batch_size  # global
@@ -447,6 +453,9 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
         if i == ipe - 1:  # the epoch is finished (not cut by max_steps or a stop)
             log.metrics(dict(type="epoch", epoch=epoch, loss=float(np.mean(epoch_losses)), time=time.time() - t_start))
             _save(tr, config, run_dir, dist_info, epoch + 1, done, control=control, loader=loader, skipped=skipped)
+            if knn is not None and knn.due(epoch + 1, epochs):  # a collective: every rank evaluates a share
+                log.metrics(rec := knn.evaluate(tr.teacher["backbone"], epoch=epoch, iteration=done - 1))
+                log.info(knn.format(rec, epochs))
         if stop or done == total:
             break
     control.close()
