@@ -93,9 +93,10 @@ def colour_affine(group, p, bands, mean) -> tuple[np.ndarray, np.ndarray]:
 
 def _apply_affine(x: torch.Tensor, a: np.ndarray, t: np.ndarray) -> torch.Tensor:
     """x [C, H, W] <- A x + t over the channels."""
-    a_t = torch.as_tensor(a, dtype=torch.float64)
-    out = torch.einsum("ij,jhw->ihw", a_t, x.double()) + torch.as_tensor(t, dtype=torch.float64)[:, None, None]
-    return out.float()
+    c, h, w = x.shape
+    a_t, t_t = torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(t, dtype=torch.float32)
+    out = a_t @ x.reshape(c, h * w) + t_t[:, None]
+    return out.reshape(c, h, w)
 
 
 def _photometric(x: torch.Tensor, group, p, bands, mean) -> torch.Tensor:
