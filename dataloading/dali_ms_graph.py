@@ -35,7 +35,9 @@ def multispectral_pipeline(spec, *, n_slots: int, source, gpu: bool, **kwargs):
     def pipe():
         inputs = fn.external_source(source=source, num_outputs=n_slots + per_view * len(views), batch=True,
                                     batch_info=True)
-        images = [inputs[s].gpu() if gpu else inputs[s] for s in range(n_slots)]
+        # HWC said explicitly: without a layout, gaussian_blur takes a 3-D array for a volume and blurs across bands
+        images = [fn.reshape(inputs[s], layout="HWC") for s in range(n_slots)]
+        images = [im.gpu() if gpu else im for im in images]
         outs = []
         for v in range(len(views)):
             group, slot = views[v]

@@ -224,6 +224,15 @@ def prepared_bands(root) -> tuple[str, ...] | None:
     return band_list(json.loads(path.read_text())["bands"], f"{path} bands")
 
 
+def prepared_root(path, levels: int = 4) -> Path | None:
+    """The nearest folder at or above `path` holding prepared.json (an image of a prepared tree), if any."""
+    path = Path(path)
+    for folder in [path if path.is_dir() else path.parent, *list(path.parents)[:levels]]:
+        if (folder / PREPARED).is_file():
+            return folder
+    return None
+
+
 def file_band_order(value, root=None) -> tuple[str, ...] | None:
     """data.file_bands resolved: prepared.json under the data root wins (fastdino wrote it); else a named order
     (eurosat-ms, esa, esa-12) or a list of names; None (or "auto") when unknown."""

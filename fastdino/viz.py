@@ -73,7 +73,9 @@ def attention_figure(
     backbone, config = load_teacher(checkpoint)
     if not hasattr(backbone, "last_cls_attention"):
         raise ValueError(f"arch {config.get('model', {}).get('arch')!r} has no attention maps: only ViT backbones do")
-    transform = EvalTransform.from_config(config, image_size, Path(image).parent)
+    from fastdino.dataloading.multispectral import prepared_root
+
+    transform = EvalTransform.from_config(config, image_size, prepared_root(image))
     if hasattr(transform, "load"):  # multispectral: the model sees every band; the picture is B4, B3, B2
         from fastdino.dataloading.multispectral import rgb_composite
 
