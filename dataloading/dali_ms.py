@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dali_pipeline import _Feeder
-from .ms_augment import colour_affine
+from .ms_augment import colour_blocks
 from .multispectral import rgb_indices
 from .sources import SeCoLocation
 from .torch_pipeline import _name, draw_dates, sample_view_params
@@ -23,9 +23,18 @@ from .torch_pipeline import _name, draw_dates, sample_view_params
 _DALI_DTYPES = (np.uint8, np.uint16, np.int16, np.float32)  # what DALI's resize reads; others become float32
 
 
-def view_outputs(has_rgb: bool) -> int:
-    """External-source outputs per view: roi, gain, offset, [rgb matrix, rgb offset,] blur flag, sigma, mirror."""
-    return 8 if has_rgb else 6
+def has_colour(group) -> bool:
+    """Whether a view group ever changes colour (DINO-TP's plain views never do: no colour inputs, no colour ops)."""
+    return group.jitter_p > 0 or group.grayscale_p > 0
+
+
+def param_layout(n_bands: int) -> dict[str, slice]:
+    """Where each drawn parameter sits in a view's row of the per-sample [views, P] float32 array: one array per
+    sample instead of eight per view (feeding many small arrays cost more than the pixel work)."""
+    c = n_bands
+    return {"roi": slice(0, 4), "sigma": slice(4, 5), "blur": slice(5, 6), "mirror": slice(6, 7),
+            "mean": slice(7, 7 + c), "std": slice(7 + c, 7 + 2 * c), "block": slice(7 + 2 * c, 16 + 2 * c),
+            "block_t": slice(16 + 2 * c, 19 + 2 * c)}
 
 
 class MSFeeder(_Feeder):
@@ -38,7 +47,11 @@ class MSFeeder(_Feeder):
         self.spec, self.reader = spec, reader
         self.groups = spec.views()
         self.n_slots = spec.n_dates if temporal else 1
-        self.rgb = rgb_indices(tuple(spec.bands))
+        rgb = rgb_indices(tuple(spec.bands))
+        self.rgb = sorted(rgb) if rgb is not None else None  # the order of dali_ms_graph's 3 x 3 block
+        self.mean, self.std = np.asarray(spec.mean, np.float64), np.asarray(spec.std, np.float64)
+        self.layout = param_layout(len(spec.bands))
+        self.n_params = self.layout["block_t"].stop
 
     def __call__(self, info):
         b = self.start + info.iteration
@@ -67,9 +80,10 @@ class MSFeeder(_Feeder):
                     raise RuntimeError(f"cannot read image {_name(item)!r}: {e}") from e
                 self.bad.add(_name(item))
                 continue
-            outputs = [_dali_array(a) for a in slots]
-            for group, img in zip(self.groups, per_view, strict=True):
-                outputs += self._view(group, img, rng)
+            params = np.zeros((len(self.groups), self.n_params), dtype=np.float32)
+            for v, (group, img) in enumerate(zip(self.groups, per_view, strict=True)):
+                self._view(group, img, rng, params[v])
+            outputs = [_dali_array(a) for a in slots] + [params]
             return outputs, item
         raise RuntimeError(f"every image of the dataset failed to load; first ones: {sorted(self.bad)[:5]}")
 
@@ -92,32 +106,28 @@ class MSFeeder(_Feeder):
         slots = [images[names[j]] for j in draw_dates(len(names), self.spec.n_dates, rng)]
         return slots, [slots[g.date] for g in self.groups]
 
-    def _view(self, group, img: np.ndarray, rng) -> list[np.ndarray]:
+    def _view(self, group, img: np.ndarray, rng, row: np.ndarray) -> None:
+        """Draw one view's parameters (the torch pipeline's calls, in its order) into its row (param_layout)."""
         height, width = img.shape[:2]
         p = sample_view_params(group, width, height, rng)
         top, left, h, w = p.crop
         if group.colour_before_crop and p.flip:  # the reference flips the whole image, then crops
             left = width - left - w
-        a, t = colour_affine(group, p, self.spec.bands, self.spec.mean)
-        gain, offset = np.diag(a).copy(), t.copy()
-        out = [np.array([top, left, top + h, left + w], dtype=np.float32)]
-        if self.rgb is not None:  # B4, B3, B2: identity in the per-band step, the 3 x 3 block after it
-            block, block_t = a[np.ix_(self.rgb, self.rgb)], t[self.rgb]
-            gain[self.rgb], offset[self.rgb] = 1.0, 0.0
-            out += [_f32(gain)[None, None], _f32(offset)[None, None], _f32(block), _f32(block_t)]
-        else:
-            out += [_f32(gain)[None, None], _f32(offset)[None, None]]
-        sigma = p.blur_sigma or 0.0
-        out += [np.array(p.blur_sigma is not None), np.array(sigma, dtype=np.float32),
-                np.array(int(p.flip), dtype=np.int32)]
-        return out
+        at = self.layout
+        row[at["roi"]] = (top, left, top + h, left + w)
+        row[at["sigma"]] = p.blur_sigma or 0.0
+        row[at["blur"]] = p.blur_sigma is not None
+        row[at["mirror"]] = p.flip
+        if has_colour(group):
+            # Every band's gain g and offset o fold into the normalisation: (g x + o - m) / s = (x - (m - o) / g) /
+            # (s / g); B4, B3, B2 have g = 1, o = 0 there and their 3 x 3 block runs before it.
+            gain, offset, block, block_t = colour_blocks(group, p, self.spec.bands, self.spec.mean, self.rgb)
+            gain = np.maximum(gain, 1e-6)  # a brightness or contrast factor of exactly 0 (strength 1) stays finite
+            row[at["mean"]], row[at["std"]] = (self.mean - offset) / gain, self.std / gain
+            row[at["block"]], row[at["block_t"]] = block.reshape(-1), block_t
 
     def find_culprits(self, first_batch: int) -> list[str]:
         return []  # files are read here, in Python: a DALI failure is not a file's fault
-
-
-def _f32(x) -> np.ndarray:
-    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _dali_array(a: np.ndarray) -> np.ndarray:

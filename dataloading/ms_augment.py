@@ -32,6 +32,7 @@ from .multispectral import op_channels
 
 GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma of (R, G, B), torchvision's rgb_to_grayscale and DALI's
 _YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_INV = np.linalg.inv(_YIQ)
 _INTERP = {"nearest": TF.InterpolationMode.NEAREST, "bilinear": TF.InterpolationMode.BILINEAR,
            "bicubic": TF.InterpolationMode.BICUBIC}
 
@@ -48,7 +49,7 @@ def _saturation_matrix(s: float) -> np.ndarray:
 def _hue_matrix(h: float) -> np.ndarray:
     a = 2 * math.pi * h  # torchvision's hue factor is in turns
     rot = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
-    return np.linalg.inv(_YIQ) @ rot @ _YIQ
+    return _YIQ_INV @ rot @ _YIQ
 
 
 def colour_steps(group, p, bands, mean) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -89,6 +90,43 @@ def colour_affine(group, p, bands, mean) -> tuple[np.ndarray, np.ndarray]:
     for _, a_i, t_i in colour_steps(group, p, bands, mean):
         a, t = a_i @ a, a_i @ t + t_i
     return a, t
+
+
+def colour_blocks(group, p, bands, mean, rgb) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`colour_affine` in the block form the DALI graph applies, computed on small arrays: (gain [C], offset [C]) of
+    every band and (M [3, 3], t [3]) of the `rgb` channels (in that order; their gain / offset entries are 1 / 0).
+    The same operations in the same order; tests/test_multispectral.py checks it equals colour_affine."""
+    c = len(bands)
+    mean = np.asarray(mean, dtype=np.float64)
+    gain, offset = np.ones(c), np.zeros(c)
+    block, block_t = np.eye(3), np.zeros(3)
+
+    def scale(k, shift):  # gain k and offset `shift` (per band) on every band: brightness, contrast
+        nonlocal gain, offset, block, block_t
+        gain, offset = k * gain, k * offset + shift
+        if rgb is not None:
+            block, block_t = k * block, k * block_t + (shift[rgb] if np.ndim(shift) else shift)
+
+    def mix(m):  # a 3 x 3 map of the RGB bands: saturation, hue, grayscale
+        nonlocal block, block_t
+        block, block_t = m @ block, m @ block_t
+
+    if p.jitter is not None:
+        order, b, con, sat, h = p.jitter
+        for fn in order:  # as colour_steps
+            if fn == 0 and group.jitter[0] > 0:
+                scale(b, 0.0)
+            elif fn == 1 and group.jitter[1] > 0:
+                scale(con, (1 - con) * mean)
+            elif fn == 2 and group.jitter[2] > 0 and rgb is not None:
+                mix(_saturation_matrix(sat))
+            elif fn == 3 and group.jitter[3] > 0 and rgb is not None:
+                mix(_hue_matrix(h))
+    if p.grayscale and rgb is not None:
+        mix(_saturation_matrix(0.0))
+    if rgb is not None:
+        gain[rgb], offset[rgb] = 1.0, 0.0
+    return gain, offset, block, block_t
 
 
 def _apply_affine(x: torch.Tensor, a: np.ndarray, t: np.ndarray) -> torch.Tensor:

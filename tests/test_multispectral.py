@@ -374,3 +374,36 @@ def test_rgb_composite_stretches_b4_b3_b2():
     pic = rgb_composite(arr, ESA_ORDER)
     assert pic.dtype == np.uint8 and pic.shape == (10, 10, 3)
     assert pic[..., 0].max() == 255 and pic[..., 0].min() == 0 and not pic[..., 1:].any()
+
+
+@pytest.mark.parametrize("kind", ["fastdino", "bare"])
+def test_init_from_an_rgb_checkpoint_inflates_student_and_teacher(kind, tmp_path):
+    """train --init-from: a fastdino RGB run or a bare RGB backbone state dict into a 13-band run."""
+    from _eval_fixtures import make_checkpoint, tiny_config
+
+    from fastdino.config import config_from_dict
+    from fastdino.convert import init_twins, load_backbone
+    from fastdino.train import build_twins
+
+    path = make_checkpoint(tmp_path)
+    rgb = load_backbone(path).backbone
+    if kind == "bare":
+        bare = tmp_path / "backbone.pth"
+        torch.save(rgb.timm_model.state_dict(), bare)
+        path = bare
+    config = tiny_config()
+    config["model"]["in_chans"] = 13
+    config["augment"].update(bands=list(ESA_ORDER), mean=[0.0] * 13, std=[1.0] * 13)
+    model = config_from_dict(config).model
+    if kind == "bare":
+        model.pos_embed_interp = "timm"
+    student, teacher = build_twins(config_from_dict(config), torch.device("cpu"))
+    lines = []
+    init_twins(path, student, teacher, model, echo=lines.append, bands=ESA_ORDER)
+    assert any("inflated" in line and "zeros for every other band" in line for line in lines)
+    x = torch.randn(2, 13, 32, 32)
+    rgb_x = x[:, [3, 2, 1]]  # B4, B3, B2 in ESA order
+    with torch.no_grad():
+        assert torch.allclose(teacher["backbone"].eval()(x), rgb.eval()(rgb_x), atol=1e-5)
+    with pytest.raises(Exception, match="only RGB"):
+        init_twins(path, student, teacher, model, echo=lines.append, bands=ESA_ORDER[:5])
