@@ -228,6 +228,20 @@ def test_dali_and_torch_cut_the_same_views_from_the_same_seed(data, euro, seco):
 
 
 @needs_dali
+@pytest.mark.cuda
+def test_dali_gpu_cuts_the_views_of_the_reference(euro):
+    """The same graph with GPU operators (images moved to the GPU, parameters read as CPU arguments)."""
+    src = _euro_source(euro)
+    spec = _spec(ESA_ORDER, 1500.0, 700.0)
+    ref = _first_batch(src, spec, "torch")
+    pipe = build_pipeline(src, spec, batch_size=4, device="cuda", backend="dali-gpu", num_threads=1)
+    pipe.set_epoch(0)
+    for r, f in zip(ref, next(iter(pipe)), strict=True):
+        assert f.device.type == "cuda" and f.shape == r.shape
+        assert np.corrcoef(r.flatten(), f.cpu().flatten())[0, 1] > 0.995
+
+
+@needs_dali
 def test_dali_multispectral_resumes_mid_epoch_exactly(euro):
     src = _euro_source(euro)
     spec = _spec(ESA_ORDER, 1500.0, 700.0)
@@ -344,6 +358,8 @@ def test_tiny_ms_trains_evaluates_exports_to_timm_and_draws_attention(data, euro
     knn_data = root if data == "euro" else _prepared(root, tmp_path)
     assert main(["eval", "knn", "--checkpoint", str(ckpt), "--data", str(knn_data), "--k", "3"]) == 0
     assert "k-NN" in capsys.readouterr().out
+    assert main(["eval", "linear", "--checkpoint", str(ckpt), "--data", str(knn_data), "--epochs", "3"]) == 0
+    assert "fast probe" in capsys.readouterr().out
     weights = tmp_path / "b.safetensors"
     assert main(["export", "--checkpoint", str(ckpt), "--output", str(weights)]) == 0
     printed = capsys.readouterr().out
