@@ -116,7 +116,10 @@ def op_channels(op: str, bands) -> list[int]:
 # --- reading --------------------------------------------------------------------------------------------------
 def read_tiff(path) -> np.ndarray:
     """A TIFF as [H, W, C] in its own dtype (C = 1 for a single band)."""
-    import tifffile
+    try:
+        import tifffile
+    except ImportError:
+        raise ValueError(f"reading {path} needs tifffile, a fastdino dependency: pip install tifffile") from None
 
     try:
         with tifffile.TiffFile(path) as tf:
