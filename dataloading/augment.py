@@ -97,8 +97,12 @@ class ViewGroup:
 class AugmentationSpec:
     global_views: list[ViewGroup]
     local_views: list[ViewGroup] = field(default_factory=list)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    # Multispectral (docs/data.md "Multispectral"): the Sentinel-2 bands of the images, in channel order; empty for
+    # 8-bit RGB. With bands, mean / std are per band in the files' units (DN), from `fastdino stats` (empty until
+    # resolved), and each augmentation acts on the bands multispectral.OP_BANDS gives it (ms_augment.py).
+    bands: tuple[str, ...] = ()
 
     def __post_init__(self):
         self.validate()
@@ -111,9 +115,18 @@ class AugmentationSpec:
                 if not isinstance(group, ViewGroup):
                     raise TypeError(f"AugmentationSpec.{kind}[{i}] is a {type(group).__name__}, expected ViewGroup")
                 group.validate(f"{kind}[{i}]")
+        if self.bands:
+            from .multispectral import band_list
+
+            canonical = band_list(self.bands, "AugmentationSpec.bands")
+            if canonical != tuple(self.bands):
+                raise ValueError(f"AugmentationSpec.bands={self.bands!r}: use canonical names {canonical}")
         for name in ("mean", "std"):
             value = getattr(self, name)
-            if len(value) != 3:
+            if self.bands and len(value) not in (0, len(self.bands)):
+                raise ValueError(f"AugmentationSpec.{name}={value!r}: needs one value per band ({len(self.bands)}: "
+                                 f"{', '.join(self.bands)}), from `fastdino stats`")
+            if not self.bands and len(value) != 3:
                 raise ValueError(f"AugmentationSpec.{name}={value!r}: needs 3 values (RGB)")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"AugmentationSpec.std={self.std!r}: must be positive")

@@ -201,9 +201,17 @@ class DaliPipeline:
         self.backend = "dali-gpu" if gpu else "dali-cpu"
         self.sampler = ShardedSampler(len(items), rank=rank, world_size=world_size, seed=seed)
         _check_length(len(self.sampler), batch_size, len(items), world_size)
-        self.feeder = _Feeder(items, self.sampler, batch_size, spec.n_dates, _files_per_image(items), temporal,
-                              seed, strict)
-        self.source_pixels = _typical_pixels(items)
+        if spec.bands:  # multispectral: files read in Python, views drawn there too (dali_ms.py)
+            from .dali_ms import MSFeeder
+            from .torch_pipeline import band_reader
+
+            self.feeder = MSFeeder(items, self.sampler, batch_size, spec, temporal, seed, strict,
+                                   band_reader(source, spec))
+            self.source_pixels = 0
+        else:
+            self.feeder = _Feeder(items, self.sampler, batch_size, spec.n_dates, _files_per_image(items), temporal,
+                                  seed, strict)
+            self.source_pixels = _typical_pixels(items)
         self.epoch = 0
         self.skipped_files: set[str] = set()
         self._start, self._restore = 0, None  # where the next iteration starts (set_epoch)
@@ -241,6 +249,15 @@ class DaliPipeline:
         # history; a rebuild after a decoder failure gets a new one (it must not repeat the failed batch's draws).
         seed = int(np.random.SeedSequence([self.seed, self.epoch, self.rank, start, self._rebuilds])
                    .generate_state(1)[0]) & 0x7FFFFFFF
+        if self.spec.bands:
+            from .dali_ms_graph import multispectral_pipeline
+
+            pipe = multispectral_pipeline(self.spec, n_slots=n_slots, source=self.feeder, gpu=self.gpu,
+                                          batch_size=self.batch_size, num_threads=self.num_threads,
+                                          device_id=self.device_id, seed=seed, prefetch_queue_depth=_PREFETCH,
+                                          enable_checkpointing=True, checkpoint=checkpoint)
+            pipe.build()
+            return pipe
         pipe = multiview_pipeline(self.spec, n_slots=n_slots, files_per_image=self.feeder.files_per_image,
                                   band_luts=band_luts,
                                   source=self.feeder, gpu=self.gpu, source_pixels=self.source_pixels,

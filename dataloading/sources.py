@@ -1,7 +1,7 @@
 """Image sources: which files make up the dataset, found before training starts.
 
 Layouts (`build_source(path, layout=...)`):
-  files   a directory of images at any depth (jpg, jpeg, png, tif, tiff); no labels
+  files   a directory of images at any depth (jpg, jpeg, png, tif, tiff; npy for multispectral arrays); no labels
   folder  an ImageFolder tree `<root>/<class>/**/<image>`; labels = index of the class in sorted order
   list    a text file of image paths relative to `path` (EuroSAT's train/val/test.txt); labels from the first
           path component when every entry has one (`AnnualCrop/AnnualCrop_1.jpg` -> AnnualCrop)
@@ -33,7 +33,7 @@ import numpy as np
 
 from .bands import RGB_BANDS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".npy")  # .npy: multispectral arrays (multispectral.py)
 LAYOUTS = ("auto", "files", "folder", "list", "seco")
 ACQUISITIONS = ("all", "one")
 _RGB_BANDS = RGB_BANDS

@@ -29,6 +29,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .augment import AugmentationSpec, ViewGroup
 from .decode import load_rgb
+from .ms_augment import apply_ms_view
+from .multispectral import BandReader
 from .sources import Acquisition, ImageSource, SeCoLocation, SeCoSource
 
 _INTERP = {"nearest": TF.InterpolationMode.NEAREST, "bilinear": TF.InterpolationMode.BILINEAR,
@@ -122,17 +124,22 @@ def _photometric(img: Image.Image, group: ViewGroup, p: ViewParams) -> Image.Ima
 
 
 class MultiViewTransform:
-    """All views of one sample. `images` is one PIL image, or one per view (DINO-TP)."""
+    """All views of one sample. `images` is one PIL image, or one per view (DINO-TP); multispectral: [H, W, C]
+    arrays instead (ms_augment.apply_ms_view)."""
 
     def __init__(self, spec: AugmentationSpec):
         self.spec = spec
         self.groups = spec.views()
 
     def __call__(self, images, rng: np.random.Generator) -> list[torch.Tensor]:
-        if isinstance(images, Image.Image):
+        if isinstance(images, (Image.Image, np.ndarray)):
             images = [images] * len(self.groups)
         out = []
         for group, img in zip(self.groups, images, strict=True):
+            if isinstance(img, np.ndarray):
+                params = sample_view_params(group, img.shape[1], img.shape[0], rng)
+                out.append(apply_ms_view(img, group, params, self.spec))
+                continue
             params = sample_view_params(group, img.width, img.height, rng)
             out.append(apply_view(img, group, params, self.spec.mean, self.spec.std))
         return out
@@ -142,11 +149,12 @@ class MultiViewDataset(Dataset):
     """Items are image paths / SeCo acquisitions, or SeCo locations when temporal. Indexed by (epoch, index);
     returns (views, files skipped as corrupt on the way)."""
 
-    def __init__(self, items: list, spec: AugmentationSpec, *, seed: int = 0, strict: bool = False):
+    def __init__(self, items: list, spec: AugmentationSpec, *, seed: int = 0, strict: bool = False, reader=None):
         self.items = items
         self.transform = MultiViewTransform(spec)
         self.seed = seed
         self.strict = strict
+        self.read = reader or load_rgb  # multispectral: a multispectral.BandReader (item -> [H, W, C] array)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -170,7 +178,7 @@ class MultiViewDataset(Dataset):
 
     def _load(self, item, rng, skipped):
         if not isinstance(item, SeCoLocation):
-            return load_rgb(item)
+            return self.read(item)
         return self._load_temporal(item, rng, skipped)
 
     def _load_temporal(self, location: SeCoLocation, rng, skipped):
@@ -179,7 +187,7 @@ class MultiViewDataset(Dataset):
         images = {}
         for a in acqs:  # the few acquisitions of a location are small; read them all to drop corrupt ones first
             try:
-                images[a.name] = load_rgb(a)
+                images[a.name] = self.read(a)
             except Exception as e:
                 if self.strict:
                     raise RuntimeError(f"cannot read image {_name(a)!r}: {e}") from e
@@ -241,6 +249,17 @@ def _collate(samples):
     return views, [f for s in samples for f in s[1]]
 
 
+def band_reader(source, spec: AugmentationSpec) -> BandReader | None:
+    """The multispectral reader of a spec with bands (None for RGB): file order from the source's `file_bands`
+    (set by fastdino.multispectral.resolve_multispectral)."""
+    if not spec.bands:
+        return None
+    if not spec.mean:
+        raise ValueError(f"AugmentationSpec with bands {list(spec.bands)} has no mean / std: run `fastdino stats` "
+                         "on the data and set them (fastdino train does it from data.stats)")
+    return BandReader(tuple(spec.bands), getattr(source, "file_bands", None))
+
+
 def check_temporal(spec: AugmentationSpec, temporal: bool) -> None:
     if temporal and spec.n_dates < 2:
         raise ValueError("temporal=True (DINO-TP) cuts views from several acquisitions of a location, but every view "
@@ -272,7 +291,7 @@ class TorchPipeline:
         items = pipeline_items(source, temporal)
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.dataset = MultiViewDataset(items, spec, seed=seed, strict=strict)
+        self.dataset = MultiViewDataset(items, spec, seed=seed, strict=strict, reader=band_reader(source, spec))
         self.sampler = ShardedSampler(len(items), rank=rank, world_size=world_size, seed=seed)
         _check_length(len(self.sampler), batch_size, len(items), world_size)
         self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_threads,

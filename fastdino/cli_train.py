@@ -139,6 +139,10 @@ def _prepare(args: argparse.Namespace):
                   f"(textures, not real imagery) in {config.data.path}.\n"
                   "Point it at real imagery with --data PATH (an image folder or a SeCo root) "
                   "[--data-list FILE] [--preset dino-mc-vits8].")
+    if config.data.bands is not None and args.resume != "yes":  # bands and statistics now: errors before step 0
+        from fastdino.multispectral import resolve_multispectral
+
+        resolve_multispectral(config)
     barrier()
     if dist_info.is_main:
         _echo(f"run folder: {run_dir}\nresolved config:\n" + dump_yaml(config))
@@ -184,6 +188,12 @@ def _demo_dataset(config, is_main: bool) -> Path:
 
     size = max(64, max(v["size"] for v in config.augment["global_views"]))
     cache = Path(os.environ.get("FASTDINO_CACHE", Path.home() / ".cache" / "fastdino"))
+    if config.data.bands is not None:  # tiny-ms: EuroSAT-MS-shaped 13-band TIFFs and their band statistics
+        from fastdino.multispectral import demo_dataset
+
+        root = demo_dataset(cache, DEMO_IMAGES, size) if is_main else None
+        barrier()
+        return root or cache / f"synthetic-ms-{DEMO_IMAGES}x{size}"
     root = cache / f"synthetic-{DEMO_IMAGES}x{size}"
     if is_main:
         make_synthetic_dataset(root, n_images=DEMO_IMAGES, size=size, seed=0)

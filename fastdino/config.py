@@ -37,6 +37,7 @@ class ModelConfig:
     # ViT position embedding at other grids: timm | dino (the original code's interpolate_pos_encoding, for weights
     # trained by it: models/pos_embed.py)
     pos_embed_interp: str = "timm"
+    in_chans: int = 3  # input channels: 3 (RGB), or len(data.bands), set when the bands are resolved (multispectral)
     out_dim: int = 65536
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
@@ -45,7 +46,7 @@ class ModelConfig:
 
 
 BACKBONE_KEYS = ("arch", "patch_size", "img_size", "drop_path_rate", "attn_backend", "grad_checkpointing",
-                 "pos_embed_interp")
+                 "pos_embed_interp", "in_chans")
 HEAD_KEYS = ("out_dim", "hidden_dim", "bottleneck_dim", "nlayers", "norm_last_layer")
 
 
@@ -74,6 +75,13 @@ class DataConfig:
     strict: bool = False  # True: a corrupt image is an error; False: skipped and counted
     temporal: bool = False  # DINO-TP: a sample is a SeCo location, its views cut from 3 dates (augment_preset dino-tp)
     acquisitions: str = "one"  # SeCo without temporal: one (per location, seeded, as DINO-MC's MCBase) | all
+    # Multispectral (docs/data.md "Multispectral"): Sentinel-2 band names [B4, B3, B2, B8, ...], a set (rgb, s2,
+    # s2-12) or all (every band of the data); null: 8-bit RGB images. file_bands: the band order inside multi-band
+    # files (eurosat-ms | esa | esa-12 | a list; prepared.json of `fastdino prepare` wins). stats: the JSON of
+    # `fastdino stats` (null: <data.path>/band_stats.json), whose per-band mean / std normalise the bands.
+    bands: list | str | None = None
+    file_bands: list | str | None = None
+    stats: str | None = None
 
 
 @dataclass
@@ -197,6 +205,11 @@ PRESETS: dict[str, tuple[str, dict]] = {
               "optim": {"lr": 2e-3, "warmup_epochs": 1, "min_lr": 1e-5, "freeze_last_layer": 0},
               "run": {"epochs": 4, "batch_size": 32, "checkpoint_every": 2, "log_every": 5}}),
 }
+# tiny on Sentinel-2 multispectral tiles: every band of the data (EuroSAT-MS's 13, SeCo's 12), in_chans = their
+# count, normalised with `fastdino stats`; multi-band files in EuroSAT-MS's band order (docs/data.md, Multispectral).
+PRESETS["tiny-ms"] = ("tiny on all Sentinel-2 bands (13 of EuroSAT-MS, 12 of SeCo): in_chans = bands, 2 CPU cores",
+                      {**PRESETS["tiny"][1], "data": {**PRESETS["tiny"][1]["data"], "bands": "all",
+                                                      "file_bands": "eurosat-ms"}})
 DEFAULT_PRESET = "tiny"
 
 
@@ -238,6 +251,10 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
         raise ConfigError(f"config file {config_file}: 'augment' must be a mapping of AugmentationSpec fields")
     _merge(cfg["augment"], file_aug, source=f"config file {config_file}", from_cli=False, prefix="augment.")
     _merge(cfg["augment"], cli_aug, source="--set", from_cli=True, prefix="augment.")
+    if cfg["data"]["bands"] is not None:  # multispectral: the spec's bands (and in_chans) follow data.bands
+        from fastdino.multispectral import bands_into_config
+
+        bands_into_config(cfg)
     cfg["augment"] = _complete_augment(cfg["augment"])
     config = config_from_dict(cfg)
     validate(config)
@@ -580,6 +597,10 @@ def validate(config: Config) -> None:
     from fastdino.dataloading.sources import ACQUISITIONS
 
     need(get("data.acquisitions") in ACQUISITIONS, "data.acquisitions", f"choose one of {', '.join(ACQUISITIONS)}")
+    if config.data.bands is not None or config.augment.get("bands"):
+        from fastdino.multispectral import validate_bands
+
+        validate_bands(config)
     if config.augment:
         try:
             spec = AugmentationSpec.from_dict(config.augment)

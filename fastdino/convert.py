@@ -362,12 +362,15 @@ def _load_fastdino(ckpt: dict, path: Path, which: str, arch, patch_size, pos_emb
 # train --init-from
 
 
-def init_twins(path: str | Path, student: nn.ModuleDict, teacher: nn.ModuleDict, model_config, echo=print) -> None:
+def init_twins(path: str | Path, student: nn.ModuleDict, teacher: nn.ModuleDict, model_config, echo=print,
+               bands=None) -> None:
     """Copy a checkpoint's weights into freshly built student and teacher `ModuleDict(backbone, head)` twins.
 
     fastdino checkpoints load whole (the model.* keys that shape the weights must match). Original training
     checkpoints give the student its `student` and the teacher its `teacher` (backbone and, when its shapes fit,
-    head); a bare backbone state dict initialises both backbones and leaves the (identical) heads as built.
+    head); a bare backbone state dict initialises both backbones and leaves the (identical) heads as built. An RGB
+    checkpoint into a multispectral model (model.in_chans = len(bands)) has its input layer inflated
+    (fastdino/inflate.py: RGB onto B4 / B3 / B2, zeros elsewhere).
     """
     from fastdino.config import config_from_dict, head_kwargs
 
@@ -380,8 +383,12 @@ def init_twins(path: str | Path, student: nn.ModuleDict, teacher: nn.ModuleDict,
             raise ValueError(f"--init-from {path}: its model ({old.arch}/{old.patch_size}, K={old.out_dim}) "
                              f"is not this run's ({model_config.arch}/{model_config.patch_size}, "
                              f"K={model_config.out_dim}); set the same model.* keys")
-        student.load_state_dict(ckpt["student"])
-        teacher.load_state_dict(ckpt["teacher"])
+        states = {"student": ckpt["student"], "teacher": ckpt["teacher"]}
+        if old.in_chans != model_config.in_chans:
+            states = {k: _inflated(v, old.in_chans, model_config.in_chans, bands, path, "backbone.timm_model.", echo)
+                      for k, v in states.items()}
+        student.load_state_dict(states["student"])
+        teacher.load_state_dict(states["teacher"])
         echo(f"initialised student and teacher weights from {path} (optimiser and schedules start fresh)")
         return
     sources = ("student", "teacher") if isinstance(ckpt, dict) and ("teacher" in ckpt or "student" in ckpt) else None
@@ -401,6 +408,8 @@ def init_twins(path: str | Path, student: nn.ModuleDict, teacher: nn.ModuleDict,
                                                   f"model.img_size={detected.img_size}" if detected.patch_size else "")
             raise CheckpointError(f"--init-from {path}: it holds a {have} backbone ({detected.evidence}), not this "
                                   f"run's {ours}; set --set {fix}")
+        if model_config.in_chans != 3:  # original checkpoints are RGB
+            backbone_state = _inflated(backbone_state, 3, model_config.in_chans, bands, path, "", echo)
         n = load_into(twin["backbone"], backbone_state, path, f"its {used or 'backbone'} weights")
         note = "head as built (not in the file)"
         if head and used:
@@ -424,3 +433,18 @@ def init_twins(path: str | Path, student: nn.ModuleDict, teacher: nn.ModuleDict,
     if model_config.arch.startswith("vit") and model_config.pos_embed_interp != "dino":
         echo("note: weights from the original code were trained with DINO's position-embedding interpolation; "
              "--set model.pos_embed_interp=dino keeps their features at every crop size")
+
+
+def _inflated(state: dict, old_chans: int, new_chans: int, bands, path: Path, prefix: str, echo) -> dict:
+    """An RGB state dict with its input layer inflated to the run's bands (fastdino/inflate.py)."""
+    from fastdino.inflate import RULE, inflate_state
+
+    if old_chans != 3 or not bands or len(bands) != new_chans:
+        raise CheckpointError(f"--init-from {path}: its backbone takes {old_chans} input channels, this run's "
+                              f"{new_chans}; only RGB (3-channel) weights are inflated to a run's bands")
+    state, changed = inflate_state(state, bands, prefix)
+    if not changed:
+        raise CheckpointError(f"--init-from {path}: no RGB input layer ({prefix}patch_embed.proj.weight or "
+                              f"{prefix}conv1.weight) to inflate to {new_chans} bands")
+    echo(f"inflated {', '.join(changed)} from RGB to {new_chans} bands ({', '.join(bands)}): {RULE}")
+    return state

@@ -113,9 +113,12 @@ def metadata(backbone, config: dict, checkpoint: Path, state: dict, conversion=N
         "embed_dim": getattr(backbone, "embed_dim", None),
         "num_parameters": sum(v.numel() for v in state.values() if v.is_floating_point()),
         "in_chans": kwargs.get("in_chans", 3),
-        "bands": ["red", "green", "blue"],  # every fastdino source decodes to RGB (SeCo: B4, B3, B2)
+        # RGB sources decode to red, green, blue (SeCo: B4, B3, B2); multispectral runs name their Sentinel-2 bands
+        "bands": list(augment.get("bands") or []) or ["red", "green", "blue"],
         "input_size": max(global_sizes) if global_sizes else None,
-        "normalisation": {"mean": list(augment.get("mean", [])), "std": list(augment.get("std", [])), "scale": 255},
+        # RGB: (pixel / 255 - mean) / std; multispectral: (value - mean) / std in the files' units (scale 1)
+        "normalisation": {"mean": list(augment.get("mean", [])), "std": list(augment.get("std", [])),
+                          "scale": 1 if augment.get("bands") else 255},
         "method": method(config),
         "preset": config.get("preset"),
         "data": {k: config.get("data", {}).get(k) for k in ("path", "list_file", "layout", "subset")},
@@ -156,9 +159,11 @@ def loading_snippet(weights: Path, meta: dict) -> str:
         f"model = timm.create_model({meta['architecture']!r}, pretrained=True,\n"
         f"                          pretrained_cfg_overlay=dict(file={str(weights.resolve())!r}),\n"
         f"                          num_classes=0{kwargs})\n"
-        f"# input: {meta['in_chans']} x {meta['input_size']} x {meta['input_size']}, pixels / 255, "
-        f"normalised with mean={mean} std={std}\n"
-        "features = model(images)  # [B, embed_dim] CLS features"
+        + (f"# input: {meta['in_chans']} x {meta['input_size']} x {meta['input_size']}, pixels / 255, "
+           f"normalised with mean={mean} std={std}\n" if meta["normalisation"].get("scale", 255) == 255 else
+           f"# input: {meta['in_chans']} bands ({', '.join(meta['bands'])}) x {meta['input_size']} x "
+           f"{meta['input_size']}, values in the files' units, normalised per band with mean={mean} std={std}\n")
+        + "features = model(images)  # [B, embed_dim] CLS features"
         + ("\n# trained with DINO's position-embedding interpolation: at sizes other than "
            f"{meta['timm_kwargs'].get('img_size', meta['input_size'])} px timm's own gives other features "
            "(fastdino's pos_embed_interp='dino' gives DINO's)" if meta.get("pos_embed_interp") == "dino" else "")

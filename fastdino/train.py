@@ -256,6 +256,10 @@ def build_loader(config: Config, device: torch.device, dist_info: DistInfo = SIN
     source = build_source(d.path, list_file=d.list_file, layout=d.layout, subset=d.subset, seed=config.run.seed,
                           acquisitions="all" if d.temporal else d.acquisitions)
     spec = AugmentationSpec.from_dict(config.augment)
+    if spec.bands:  # multispectral: the band order of multi-band files (fastdino/multispectral.py)
+        from fastdino.multispectral import attach_file_bands
+
+        attach_file_bands(source, config)
     n_images = len(source.locations) if d.temporal else len(source.paths)
     loader = build_pipeline(source, spec, batch_size=per_rank_batch(config.run.batch_size, dist_info.world_size),
                             device=device, backend=backend or d.backend,
@@ -329,6 +333,10 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
     configure_cpu_threads(config, device, dist_info)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(run_dir, dist_info.is_main, echo)
+    if config.data.bands is not None:  # multispectral: bands, per-band statistics, in_chans into the config
+        from fastdino.multispectral import resolve_multispectral
+
+        resolve_multispectral(config, echo=log.info)
     if dist_info.is_main:
         save_config(config, run_dir / "config.yaml")
 
@@ -369,7 +377,7 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
         # fastdino, DINO / DINO-MC checkpoints or a bare backbone state dict, converted to timm's layout (convert.py)
         from fastdino.convert import init_twins
 
-        init_twins(init_from, tr.student, tr.teacher, config.model, echo=log.info)
+        init_twins(init_from, tr.student, tr.teacher, config.model, echo=log.info, bands=config.augment.get("bands"))
 
     world = dist_info.world_size
     n_params = sum(p.numel() for p in tr.student.parameters())

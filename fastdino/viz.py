@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     att = sub.add_parser("attention", help="last-block CLS attention per head, overlaid on an image")
     att.add_argument("--checkpoint", required=True, type=Path,
                      help="a fastdino checkpoint (RUN/checkpoints/last.pt), a DINO / DINO-MC one, or a state dict")
-    att.add_argument("--image", required=True, type=Path, help="the image to look at")
+    att.add_argument("--image", required=True, type=Path,
+                     help="the image to look at (multispectral checkpoints: a multi-band TIFF or .npy, drawn as an "
+                     "RGB composite of B4, B3, B2)")
     att.add_argument("--output", type=Path, help="PNG (default: RUN/plots/attention_<image stem>.png)")
     att.add_argument("--image-size", type=int, help="backbone input size (default: the config's global crop)")
     att.add_argument("--panel-size", type=int, default=192, help="side of each panel in the grid, in px")
@@ -67,13 +69,24 @@ def attention_figure(
 
     if not Path(checkpoint).exists():  # checked before the image, so each error names its own option
         raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist (expected RUN/checkpoints/last.pt)")
-    picture = load_image(image).convert("RGB")
+    if not Path(image).is_file():
+        raise FileNotFoundError(f"--image {image} does not exist")
     backbone, config = load_teacher(checkpoint)
     if not hasattr(backbone, "last_cls_attention"):
         raise ValueError(f"arch {config.get('model', {}).get('arch')!r} has no attention maps: only ViT backbones do")
-    transform = EvalTransform.from_config(config, image_size)
+    from fastdino.dataloading.multispectral import prepared_root
+
+    transform = EvalTransform.from_config(config, image_size, prepared_root(image))
+    if hasattr(transform, "load"):  # multispectral: the model sees every band; the picture is B4, B3, B2
+        from fastdino.dataloading.multispectral import rgb_composite
+
+        bands = transform.load(image)
+        picture, model_input = Image.fromarray(rgb_composite(bands, transform.bands)), transform(bands)
+    else:
+        picture = load_image(image).convert("RGB")
+        model_input = transform(picture)
     with torch.no_grad():
-        attn = backbone.eval().last_cls_attention(transform(picture)[None])[0]  # [heads, h, w]
+        attn = backbone.eval().last_cls_attention(model_input[None])[0]  # [heads, h, w]
     shown = picture.resize((transform.size, transform.size), Image.BICUBIC)  # what the backbone saw
     grid = attention_grid(shown, attn, panel_size)
     if output is None:

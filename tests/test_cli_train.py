@@ -131,6 +131,6 @@ def test_presets_lists_one_line_each(capsys):
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["dino-mc-vits8", "dino-mc-vits16", "dino-vits16", "dino-tp-vits8",
-                                                  "dino-mc-resnet50", "tiny"]
+                                                  "dino-mc-resnet50", "tiny", "tiny-ms"]
     assert main(["presets", "--show", "dino-mc-vits8"]) == 0
     assert "patch_size: 8" in capsys.readouterr().out

@@ -154,7 +154,8 @@ def test_config_diff_lists_changed_leaves():
 
 def test_list_presets_one_line_each():
     names = [n for n, _ in list_presets()]
-    assert names == ["dino-mc-vits8", "dino-mc-vits16", "dino-vits16", "dino-tp-vits8", "dino-mc-resnet50", "tiny"]
+    assert names == ["dino-mc-vits8", "dino-mc-vits16", "dino-vits16", "dino-tp-vits8", "dino-mc-resnet50", "tiny",
+                     "tiny-ms"]
     assert all("\n" not in d and d for _, d in list_presets())
 
 

@@ -70,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--no-cache", action="store_true", help="extract features again instead of reusing the cache")
         p.add_argument("--cache-dir", type=Path, help="feature cache folder (default: CKPT_DIR/eval_cache)")
         p.add_argument("--output", type=Path, help="results JSON (default: beside the checkpoint)")
+        p.add_argument("--file-bands", help="multispectral: band order of multi-band files (eurosat-ms, esa, esa-12 or "
+                       "B1,B2,...; default: the run's data.file_bands; prepared.json of `fastdino prepare` wins)")
     knn.add_argument("--k", type=int, default=20, help="neighbours that vote")
     knn.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(similarity / T)")
     linear.add_argument("--protocol", choices=list(PROTOCOLS), default="fast",
@@ -107,11 +109,16 @@ def evaluate(args: argparse.Namespace) -> dict:
     backbone, config, conversion = loaded.backbone, loaded.config, loaded.conversion
     if args.random_init:
         backbone = random_init_like(config, args.seed)
-    transform = EvalTransform.from_config(config, args.image_size)
+    if getattr(args, "file_bands", None):  # multispectral: the band order of the evaluated files
+        config.setdefault("data", {})["file_bands"] = args.file_bands
+    transform = EvalTransform.from_config(config, args.image_size, args.data)
     split = load_split(args.data, args.train_list, args.test_list)
     print(split["note"])
     protocol = getattr(args, "protocol", None) if args.task == "linear" else None
     if protocol == "dino":
+        if getattr(transform, "bands", None):
+            raise ValueError("--protocol dino (RandomResizedCrop + flip on PIL images) is not implemented for "
+                             "multispectral checkpoints; use the fast probe (--protocol fast)")
         return _evaluate_dino_linear(args, backbone, config, conversion, transform, split)
 
     start = time.perf_counter()
