@@ -225,8 +225,10 @@ def format_table(result: dict) -> str:
     model = f"{result['arch']} ({state})"
     if result["task"] == "knn":
         method = f"k-NN k={result['k']} T={result['temperature']}"
-    else:
+    elif result["task"] == "linear":
         method = f"linear {result['epochs']} ep"
+    else:  # `fastdino finetune classify` prints its result through this table too
+        method = f"{result['task']} {result['epochs']} ep"
     rows = [
         ("model", "eval", "train", "test", "size", "top-1", "top-5"),
         (model, method, str(result["n_train"]), str(result["n_test"]), str(result["image_size"]),
