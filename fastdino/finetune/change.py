@@ -111,7 +111,7 @@ def finetune(args: argparse.Namespace) -> dict:
         recipe = common.merge_saved_recipe(saved, recipe, TASK, resume_from)
     device = common.resolve_device(args.device)
     common.seed_everything(recipe["seed"])
-    loaded = load_backbone(args.checkpoint, random_init=args.random_init, arch=args.arch,
+    loaded = load_backbone(args.checkpoint, random_init=recipe["random_init"], arch=args.arch,
                            patch_size=args.patch_size, img_size=recipe["tile_size"], seed=recipe["seed"])
     set_drop_path(loaded.backbone, recipe["drop_path"])
     model = ChangeNet(loaded.backbone, freeze_encoder=not recipe["train_backbone"]).to(device)
@@ -140,7 +140,7 @@ def finetune(args: argparse.Namespace) -> dict:
 
     def validate(model):
         scores = evaluate(model, cities["val"], tile, recipe["batch_size"], device, mean, std)[0]
-        return {f"val_{k}": v for k, v in scores.items()}
+        return {f"val_{k}": scores[k] for k in ("precision", "recall", "f1", "iou")}
 
     train_seconds = common.fit(model, train_loader, optimizer, scheduler, loss_of, task=TASK, recipe=recipe,
                                output=args.output, history=history, start_epoch=start_epoch, device=device,

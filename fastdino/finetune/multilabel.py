@@ -88,7 +88,7 @@ def finetune(args: argparse.Namespace) -> dict:
         recipe = common.merge_saved_recipe(saved, recipe, TASK, resume_from)
     device = common.resolve_device(args.device)
     common.seed_everything(recipe["seed"])
-    loaded = load_backbone(args.checkpoint, random_init=args.random_init, arch=args.arch,
+    loaded = load_backbone(args.checkpoint, random_init=recipe["random_init"], arch=args.arch,
                            patch_size=args.patch_size, img_size=recipe["img_size"], seed=recipe["seed"])
     set_drop_path(loaded.backbone, recipe["drop_path"])
     model = Classifier(loaded.backbone, len(LABELS_19)).to(device)
