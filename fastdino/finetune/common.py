@@ -198,25 +198,27 @@ def fit(model, train_loader, optimizer, scheduler, loss_of: Callable, *, task: s
         log_every: int = 20, extra: dict | None = None) -> float:
     """Epochs start_epoch..recipe["epochs"]: train, step the per-epoch schedule, validate every `val_every` epochs
     and after the last (`validate(model) -> dict` of val_* scores), append to metrics.jsonl, checkpoint atomically.
-    Returns the seconds spent (0 when there was nothing left to train)."""
+    Returns the training seconds of all epochs, those of an interrupted run's earlier part included."""
     epochs = recipe["epochs"]
     progress = Progress(epochs * len(train_loader), start_epoch * len(train_loader), every=log_every)
-    start = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         if train_loader.generator is not None:
             train_loader.generator.manual_seed(recipe["seed"] + epoch)
+        epoch_start = time.perf_counter()
         loss = train_epoch(model, train_loader, optimizer, loss_of, progress, epoch + 1, epochs, device)
-        record = {"epoch": epoch + 1, "train_loss": loss, "lr": optimizer.param_groups[0]["lr"]}
+        record = {"epoch": epoch + 1, "train_loss": loss, "lr": optimizer.param_groups[0]["lr"],
+                  "train_seconds": round(time.perf_counter() - epoch_start, 1)}
         scheduler.step()
         if validate is not None and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
+            val_start = time.perf_counter()
             scores = validate(model)
-            record.update(scores)
+            record.update(scores, val_seconds=round(time.perf_counter() - val_start, 1))
             print(f"epoch {epoch + 1}: " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
         history.append(record)
         append_jsonl(Path(output) / "metrics.jsonl", record)
         save_state(output, task=task, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
                    recipe=recipe, history=history, extra=extra)
-    return time.perf_counter() - start
+    return sum(r.get("train_seconds", 0.0) for r in history)
 
 
 def resolve_device(name: str | None) -> torch.device:
