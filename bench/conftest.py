@@ -58,6 +58,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                 parts.append(f"{m['tflops']:.2f} TFLOP/s")
             if "peak_mem_bytes" in m:
                 parts.append(f"peak mem {m['peak_mem_bytes'] / 2**20:.1f} MiB")
+            if "compile_s" in m:
+                parts.append(f"first call {m['compile_s']:.1f} s")
             for k in ("img_per_s",):
                 if k in m:
                     parts.append(f"{m[k]:.1f} img/s")

@@ -1,13 +1,15 @@
 """DINO loss forward + backward: fastdino against the reference pairwise loop (kernels/reference.py), same run.
 
-Shapes of DINO-MC: 2 global + 6 local views, K = 65536; B = 64 on CUDA, 32 on CPU. CPU: fp32 logits,
-fastdino = the torch backend (the default there). CUDA: bf16 logits (what mixed precision feeds the loss)
-and fp32; fastdino = the Triton kernels, plus the torch backend for comparison. The Triton backend is not
-timed on CPU: the interpreter is a test tool, not a benchmark.
+Shapes of DINO-MC: 2 global + 6 local views, K = 65536; B = 64 on CUDA, 32 on CPU. Logits in fp32, bf16 (what
+bf16 mixed precision feeds the loss) and fp16 (DINO's default --use_fp16: the gradient is computed in the
+backward, see kernels/loss.py). CPU: fastdino = the torch backend (the default there). CUDA: fastdino = the Triton
+kernels, plus the torch backend for comparison. The Triton backend is not timed on CPU: the interpreter is a test
+tool, not a benchmark.
 
 Each round gets fresh logits that are an intermediate result, as a head's output is (the gradient goes in
-place), and takes the gradient with torch.autograd.grad. Logit values are uniform in [-1, 1], the range of
-DINO's head (cosine similarities under a weight-normalised last layer).
+place), made in pytest-benchmark's untimed setup (on CUDA followed by a sync, so that the copy kernel has
+finished before the clock starts), and takes the gradient with torch.autograd.grad. Logit values are uniform
+in [-1, 1], the range of DINO's head (cosine similarities under a weight-normalised last layer).
 
 bytes_moved is DESIGN.md's memory-traffic floor: read S and T in the forward, read S and T again and write
 dS in the backward. peak_mem is the extra memory of one call, including the student logits it is handed
@@ -27,7 +29,7 @@ VIEWS, N_GLOBAL, K = 8, 2, 65536
 
 def _cases():
     for device in devices():
-        dtypes = [torch.bfloat16, torch.float32] if device == "cuda" else [torch.float32]
+        dtypes = [torch.float32, torch.bfloat16, torch.float16]
         impls = ["fastdino", "torch", "reference"] if device == "cuda" else ["fastdino", "reference"]
         for dtype in dtypes:
             for impl in impls:
@@ -49,7 +51,9 @@ def test_dino_loss_fwd_bwd(benchmark, device, dtype, impl):
         loss_fn = lambda s: dino_loss(s, teacher, center, ncrops=VIEWS, n_global=N_GLOBAL, backend=backend)
 
     def fresh_logits():
-        return (base.clone(),), {}  # an intermediate result that owns its memory, like a head's output
+        logits = base.clone()  # an intermediate result that owns its memory, like a head's output
+        sync(device)  # the clone is asynchronous on CUDA: finish it before the timed call
+        return (logits,), {}
 
     def step(student):
         torch.autograd.grad(loss_fn(student), student)

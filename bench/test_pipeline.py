@@ -52,3 +52,63 @@ def test_pipeline_dino_mc_cpu(benchmark, impl):
            images=len(pipe) * BATCH, device="cpu", backend=pipe.backend, threads=THREADS,
            torch_threads=torch.get_num_threads())
     assert benchmark.pedantic(epoch, rounds=3 if benchmark.enabled else 1, iterations=1) == len(pipe) * BATCH
+
+
+MS_IMAGES = 256
+
+
+@pytest.fixture(scope="module")
+def eurosat_ms(tmp_path_factory):
+    """Generated EuroSAT-MS-shaped data (13-band uint16 64 px TIFFs, EuroSAT-MS's band order), its band statistics,
+    and the same images prepared as .npy (fastdino prepare)."""
+    import argparse
+
+    from fastdino.dataloading.multispectral import FILE_ORDERS, BandReader
+    from fastdino.dataloading.synthetic_ms import make_synthetic_ms_dataset
+
+    from fastdino.cli_prepare import prepare
+    from fastdino.stats import compute_band_stats
+
+    pytest.importorskip("tifffile")
+    root = make_synthetic_ms_dataset(tmp_path_factory.mktemp("eurosat_ms"), n_images=MS_IMAGES, size=64)
+    order = FILE_ORDERS["eurosat-ms"]
+    stats = compute_band_stats(build_source(root).paths, BandReader(FILE_ORDERS["esa"], order))
+    npy = root.parent / "npy"
+    prepare(argparse.Namespace(data=root, data_list=None, layout="auto", bands="all", file_bands="eurosat-ms",
+                               output=npy))
+    return root, npy, stats
+
+
+@pytest.mark.parametrize("impl", ["reference", "fastdino", "fastdino-npy"])
+def test_pipeline_multispectral_cpu(benchmark, impl, eurosat_ms):
+    """13-band views (the tiny-ms preset's: 2 x 64 + 48, 40, 32, 24) from 64 px uint16 tiles: DALI CPU (TIFFs, or
+    the .npy of `fastdino prepare`) against the torchvision reference, both at THREADS threads / workers."""
+    if impl != "reference" and not dali_available():
+        pytest.skip("nvidia-dali is not installed (pip install 'fastdino[dali]')")
+    import dataclasses
+
+    from fastdino.dataloading.multispectral import ESA_ORDER, FILE_ORDERS, file_band_order
+
+    tif, npy, stats = eurosat_ms
+    root = npy if impl == "fastdino-npy" else tif
+    n = MS_IMAGES if benchmark.enabled else 64
+    src = build_source(root)
+    src.paths, src.labels = src.paths[:n], None
+    src.file_bands = file_band_order(FILE_ORDERS["eurosat-ms"], root)
+    spec = dataclasses.replace(AugmentationSpec.preset("tiny"), bands=ESA_ORDER,
+                               mean=tuple(stats["bands"][b]["mean"] for b in ESA_ORDER),
+                               std=tuple(stats["bands"][b]["std"] for b in ESA_ORDER))
+    pipe = build_pipeline(src, spec, batch_size=BATCH, device="cpu", backend="torch" if impl == "reference" else
+                          "dali-cpu", num_threads=THREADS)
+
+    def epoch():
+        images = 0
+        for views in pipe:
+            images += views[0].shape[0]
+        return images
+
+    epoch()  # warm-up
+    record(benchmark, group=f"data pipeline, tiny-ms views, 13-band 64 px EuroSAT-MS-shaped (generated), "
+           f"{THREADS} threads", impl=impl, images=len(pipe) * BATCH, device="cpu", backend=pipe.backend,
+           threads=THREADS, torch_threads=torch.get_num_threads())
+    assert benchmark.pedantic(epoch, rounds=3 if benchmark.enabled else 1, iterations=1) == len(pipe) * BATCH

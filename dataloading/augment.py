@@ -3,14 +3,29 @@
 A spec is a list of global view groups and a list of local view groups. A group is `count` views of one
 square size that share every random-parameter distribution; DINO's two global views differ (blur 1.0 / 0.1,
 solarize 0 / 0.2), so a global spec has two groups of one view each. Views are ordered globals first, then
-locals, in group order: that is the order of the tensors a pipeline yields.
+locals, in group order: that is the order of the tensors a pipeline yields. Every global view is a teacher view.
 
-Presets (values from DINO's `DataAugmentationDINO` and DINO-MC's public code, see DESIGN.md):
-  dino     2 x 224 (scale 0.4-1) + 10 x 96 (scale 0.05-0.4), DINO's colour jitter everywhere
-  dino-mc  2 x 224 (scale 0.32-1) + one each of 184, 164, 144, 124, 104, 84 (scale 0.05-0.32)
+Order of operations per view: RandomResizedCrop, then flip, colour jitter, grayscale, blur, solarize (DINO).
+A group with `colour_before_crop` does jitter, grayscale, blur, solarize and flip on the whole image first and
+crops last (DINO-TP's MCTemporal.augment, DINO-MC data_process/dino_dataset.py L97-104, applied before
+DataAugmentationTP's crop, data_process/dino_augmentation.py L77-80).
+
+DINO-TP (pipelines with temporal=True): each sample draws `spec.n_dates` acquisitions of one location with
+replacement (t0, t1, t2: dino_dataset.py L118) and a view is cut from draw `date` of its group.
+
+Presets; every number is from the original code, file and line in docs/data.md's table and below:
+  dino     DINO's DataAugmentationDINO (facebookresearch/dino main_dino.py L419-464): 2 x 224 (scale 0.4-1)
+           + 8 x 96 (scale 0.05-0.4), colour jitter (0.4, 0.4, 0.2, 0.1) everywhere
+  dino-mc  DINO-MC's DataAugColorMulticrop (WennyXY/DINO-MC data_process/dino_augmentation.py L7-68): 2 x 224
+           (scale 0.32-1) + one each of 184, 164, 144, 124, 104, 84 (scale 0.05-0.32)
+  dino-tp  DINO-MC's MCTemporal + DataAugmentationTP (dino_dataset.py L89-128, dino_augmentation.py L70-103):
+           3 global 224 views of dates t1 (colour), t2 (plain), t0 (colour) + the six local sizes cut from t0
+           without colour, blur or flip
+  dino-mc-resnet50  dino-mc's views with the crop scales of DINO's ResNet-50 command (README.md of
+           facebookresearch/dino: --global_crops_scale 0.14 1 --local_crops_scale 0.05 0.14)
   tiny     CPU-sized DINO-MC for 64 px tiles (EuroSAT): 2 x 64 + one each of 48, 40, 32, 24. The local sizes
            keep DINO-MC's ratios to the global size (0.82 ... 0.38) rounded to multiples of 8. Blur and colour
-           are set for small remote-sensing tiles (see `_tiny`).
+           are set for small remote-sensing tiles (see `_tiny`); fastdino's own, not from a paper.
 """
 
 from __future__ import annotations
@@ -40,6 +55,8 @@ class ViewGroup:
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # PIL GaussianBlur radius, uniform
     solarize_p: float = 0.0
     solarize_threshold: int = 128
+    colour_before_crop: bool = False  # jitter, grayscale, blur, solarize, flip on the whole image, then crop (DINO-TP)
+    date: int = 0  # temporal pipelines: cut from acquisition draw `date` of the location (t0, t1, ...)
 
     def validate(self, where: str) -> None:
         def fail(name, value, why):
@@ -70,14 +87,22 @@ class ViewGroup:
             fail("blur_sigma", self.blur_sigma, "must be (lo, hi) with 0 < lo <= hi")
         if not 0 <= self.solarize_threshold <= 256:
             fail("solarize_threshold", self.solarize_threshold, "must be in [0, 256]")
+        if not isinstance(self.colour_before_crop, bool):
+            fail("colour_before_crop", self.colour_before_crop, "must be true or false")
+        if not isinstance(self.date, int) or isinstance(self.date, bool) or self.date < 0:
+            fail("date", self.date, "must be an integer >= 0 (which acquisition draw the view is cut from)")
 
 
 @dataclass
 class AugmentationSpec:
     global_views: list[ViewGroup]
     local_views: list[ViewGroup] = field(default_factory=list)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    # Multispectral (docs/data.md "Multispectral"): the Sentinel-2 bands of the images, in channel order; empty for
+    # 8-bit RGB. With bands, mean / std are per band in the files' units (DN), from `fastdino stats` (empty until
+    # resolved), and each augmentation acts on the bands multispectral.OP_BANDS gives it (ms_augment.py).
+    bands: tuple[str, ...] = ()
 
     def __post_init__(self):
         self.validate()
@@ -90,9 +115,18 @@ class AugmentationSpec:
                 if not isinstance(group, ViewGroup):
                     raise TypeError(f"AugmentationSpec.{kind}[{i}] is a {type(group).__name__}, expected ViewGroup")
                 group.validate(f"{kind}[{i}]")
+        if self.bands:
+            from .multispectral import band_list
+
+            canonical = band_list(self.bands, "AugmentationSpec.bands")
+            if canonical != tuple(self.bands):
+                raise ValueError(f"AugmentationSpec.bands={self.bands!r}: use canonical names {canonical}")
         for name in ("mean", "std"):
             value = getattr(self, name)
-            if len(value) != 3:
+            if self.bands and len(value) not in (0, len(self.bands)):
+                raise ValueError(f"AugmentationSpec.{name}={value!r}: needs one value per band ({len(self.bands)}: "
+                                 f"{', '.join(self.bands)}), from `fastdino stats`")
+            if not self.bands and len(value) != 3:
                 raise ValueError(f"AugmentationSpec.{name}={value!r}: needs 3 values (RGB)")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"AugmentationSpec.std={self.std!r}: must be positive")
@@ -114,6 +148,11 @@ class AugmentationSpec:
     def n_views(self) -> int:
         """DINO's `ncrops`: global + local views."""
         return self.n_global + self.n_local
+
+    @property
+    def n_dates(self) -> int:
+        """Acquisitions a temporal (DINO-TP) sample draws: one more than the largest `date` of any view."""
+        return 1 + max(g.date for g in self.views())
 
     @property
     def view_sizes(self) -> list[int]:
@@ -164,7 +203,9 @@ def _check_keys(cls, d: dict, where: str) -> None:
 
 
 def _globals(size: int, scale=(0.32, 1.0)) -> list[ViewGroup]:
-    # DINO's global view 1 always blurs; view 2 blurs rarely and solarizes sometimes.
+    # DINO main_dino.py L419-448 (DINO-MC dino_augmentation.py L10-37 is the same): flip 0.5, jitter
+    # (0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale 0.2 (the ViewGroup defaults); view 1 always blurs, view 2 blurs
+    # with p 0.1 and solarizes with p 0.2 (PIL's threshold 128); bicubic.
     return [
         ViewGroup(size, 1, scale, interpolation="bicubic", blur_p=1.0, solarize_p=0.0),
         ViewGroup(size, 1, scale, interpolation="bicubic", blur_p=0.1, solarize_p=0.2),
@@ -172,18 +213,48 @@ def _globals(size: int, scale=(0.32, 1.0)) -> list[ViewGroup]:
 
 
 def _local(size: int, count: int, scale) -> ViewGroup:
-    # DINO-MC's local crops: bilinear, stronger jitter, blur half the time.
+    # DINO-MC's local crops (dino_augmentation.py L42-52, L106-111): RandomResizedCrop without an interpolation
+    # argument (torchvision's bilinear), flip 0.5, jitter (0.8, 0.8, 0.8, 0.2) with p 0.8, grayscale 0.2, blur 0.5.
     return ViewGroup(size, count, scale, interpolation="bilinear", jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5)
 
 
+# DINO-MC's defaults (main_dino_mc.py): global scale (0.32, 1.) L123; local sizes L132, all six used
+# (local_crops_number 6, L129); local scale (min_scale_crops 0.05, max_scale_crops 0.32) L137, L139.
+_MC_GLOBAL_SCALE = (0.32, 1.0)
+_MC_LOCAL_SIZES = (184, 164, 144, 124, 104, 84)
+_MC_LOCAL_SCALE = (0.05, 0.32)
+
+
 def _dino() -> AugmentationSpec:
-    # DINO's own colour jitter on local crops is (0.4, 0.4, 0.2, 0.1); keep the original numbers.
-    local = ViewGroup(96, 10, (0.05, 0.4), interpolation="bicubic", blur_p=0.5)
+    # DINO's main_dino.py: global scale (0.4, 1.) L108, 8 local crops L112 of 96 px L452, scale (0.05, 0.4) L115,
+    # with the globals' flip and jitter (flip_and_color_jitter, L453) and blur p 0.5 (L454).
+    local = ViewGroup(96, 8, (0.05, 0.4), interpolation="bicubic", blur_p=0.5)
     return AugmentationSpec(_globals(224, (0.4, 1.0)), [local])
 
 
 def _dino_mc() -> AugmentationSpec:
-    return AugmentationSpec(_globals(224), [_local(s, 1, (0.05, 0.32)) for s in (184, 164, 144, 124, 104, 84)])
+    return AugmentationSpec(_globals(224, _MC_GLOBAL_SCALE), [_local(s, 1, _MC_LOCAL_SCALE) for s in _MC_LOCAL_SIZES])
+
+
+def _dino_tp() -> AugmentationSpec:
+    """DINO-MC's temporal positives. MCTemporal (dino_dataset.py L114-128) draws t0, t1, t2 with replacement
+    (L118) and hands DataAugmentationTP [t0, augment(t1), t2, augment(t0)] (L120-126), where augment is
+    jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, blur p 0.5, flip 0.5 on the whole image (L97-104, blur
+    from utils/utils.py L40). DataAugmentationTP (dino_augmentation.py L96-103) then crops the three global
+    views from images 1, 2, 3 (RandomResizedCrop 224, global scale, bicubic, L77-80) and every local view from
+    image 0 (RandomResizedCrop of each size, bilinear, L86-93): nothing else is applied to them."""
+    plain = dict(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
+    augment = dict(colour_before_crop=True, flip_p=0.5, jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, grayscale_p=0.2,
+                   blur_p=0.5, solarize_p=0.0)
+    global_views = [ViewGroup(224, 1, _MC_GLOBAL_SCALE, interpolation="bicubic", date=1, **augment),
+                    ViewGroup(224, 1, _MC_GLOBAL_SCALE, interpolation="bicubic", date=2, **plain),
+                    ViewGroup(224, 1, _MC_GLOBAL_SCALE, interpolation="bicubic", date=0, **augment)]
+    local_views = [ViewGroup(s, 1, _MC_LOCAL_SCALE, interpolation="bilinear", date=0, **plain) for s in _MC_LOCAL_SIZES]
+    return AugmentationSpec(global_views, local_views)
+
+
+def _dino_mc_resnet50() -> AugmentationSpec:
+    return AugmentationSpec(_globals(224, (0.14, 1.0)), [_local(s, 1, (0.05, 0.14)) for s in _MC_LOCAL_SIZES])
 
 
 def _tiny() -> AugmentationSpec:
@@ -199,4 +270,5 @@ def _tiny() -> AugmentationSpec:
     return AugmentationSpec(global_views, local_views)
 
 
-_PRESETS = {"dino": _dino, "dino-mc": _dino_mc, "tiny": _tiny}
+_PRESETS = {"dino": _dino, "dino-mc": _dino_mc, "dino-mc-resnet50": _dino_mc_resnet50, "dino-tp": _dino_tp,
+            "tiny": _tiny}

@@ -11,9 +11,10 @@ _INTERP = {"nearest": types.INTERP_NN, "bilinear": types.INTERP_LINEAR, "bicubic
 
 
 def multiview_pipeline(spec: AugmentationSpec, *, n_slots: int, files_per_image: int, source, gpu: bool,
-                       source_pixels: int, **kwargs):
+                       source_pixels: int, band_luts: list[list[int]] | None = None, **kwargs):
     """A built-able DALI Pipeline with one output per view. `source(batch_info)` returns
     n_slots * files_per_image lists of encoded files; files_per_image is 1 (RGB) or 3 (SeCo B4, B3, B2).
+    band_luts: one 256-entry uint8 table per band file (SeCo's stretch, bands.band_lut), or None.
     source_pixels: the pixel count of a typical decoded image, to choose where the colour matrix runs."""
     from .dali_pipeline import view_slots
 
@@ -24,7 +25,8 @@ def multiview_pipeline(spec: AugmentationSpec, *, n_slots: int, files_per_image:
     def pipe():
         encoded = fn.external_source(source=source, num_outputs=n_slots * files_per_image, batch=True,
                                      batch_info=True, dtype=types.UINT8)
-        images = [_decode(encoded[s * files_per_image:(s + 1) * files_per_image], gpu) for s in range(n_slots)]
+        images = [_decode(encoded[s * files_per_image:(s + 1) * files_per_image], gpu, band_luts)
+                  for s in range(n_slots)]
         # The colour matrix is per-pixel affine, so it commutes with resampling (up to uint8 rounding): run it
         # at the smaller of the source and the view. Upsampled tiles (EuroSAT: 64 px -> 224) gain 2x overall.
         return tuple(_view(images[slot], group, mean, std, colour_first=source_pixels < group.size ** 2)
@@ -33,11 +35,15 @@ def multiview_pipeline(spec: AugmentationSpec, *, n_slots: int, files_per_image:
     return pipe()
 
 
-def _decode(files, gpu: bool):
+def _decode(files, gpu: bool, band_luts):
     device = "mixed" if gpu else "cpu"
     if len(files) == 1:
         return fn.decoders.image(files[0], device=device, output_type=types.RGB)
     bands = [fn.decoders.image(f, device=device, output_type=types.GRAY) for f in files]
+    if band_luts is not None:  # SeCo's per-band stretch, the same table the torch pipeline applies
+        # (indexing, not zip(strict=True): DALI's autograph replaces zip with one that has no `strict`)
+        bands = [fn.lookup_table(bands[i], keys=list(range(256)), values=band_luts[i], dtype=types.UINT8)
+                 for i in range(len(bands))]
     return fn.cat(*bands, axis=2)  # B4, B3, B2 -> RGB
 
 
@@ -46,13 +52,22 @@ def _coin(p: float):
 
 
 def _view(image, g: ViewGroup, mean, std, colour_first: bool):
-    if colour_first:
+    if g.colour_before_crop:  # DINO-TP: colour, blur and solarize on the whole image, then the crop
+        image = _blur_solarize(_colour(image, g), g)
+    elif colour_first:
         image = _colour(image, g)
     img = fn.random_resized_crop(image, size=(g.size, g.size), random_area=list(g.scale),
                                  random_aspect_ratio=list(g.ratio), interp_type=_INTERP[g.interpolation],
                                  antialias=True, num_attempts=10)
-    if not colour_first:
-        img = _colour(img, g)
+    if not g.colour_before_crop:
+        if not colour_first:
+            img = _colour(img, g)
+        img = _blur_solarize(img, g)
+    return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std,
+                                    mirror=fn.random.coin_flip(probability=g.flip_p))
+
+
+def _blur_solarize(img, g: ViewGroup):
     if g.blur_p >= 1:
         img = fn.gaussian_blur(img, sigma=fn.random.uniform(range=list(g.blur_sigma)))
     elif g.blur_p > 0:
@@ -63,12 +78,13 @@ def _view(image, g: ViewGroup, mean, std, colour_first: bool):
             # Solarize: invert pixels at or above the threshold; x ^ 255 == 255 - x for uint8.
             above = fn.cast(img >= g.solarize_threshold, dtype=types.UINT8)
             img = img ^ (above * types.Constant(255, dtype=types.UINT8))
-    return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std,
-                                    mirror=fn.random.coin_flip(probability=g.flip_p))
+    return img
 
 
 def _colour(img, g: ViewGroup):
     """Colour jitter with probability jitter_p, then grayscale: one colour matrix; masks turn factors into 1."""
+    if g.jitter_p == 0 and g.grayscale_p == 0:
+        return img  # DINO-TP's plain views: no colour matrix (color_twist would still round through YIQ)
     b, c, s, h = g.jitter
     on = _coin(g.jitter_p)
     brightness = 1 + on * (fn.random.uniform(range=[max(0.0, 1 - b), 1 + b]) - 1)

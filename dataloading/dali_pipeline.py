@@ -1,20 +1,31 @@
 """The fast pipeline: NVIDIA DALI decodes and cuts every view (GPU operators on CUDA, CPU operators otherwise).
 
 Graph per sample: encoded bytes (external_source, fed from Python so that this module owns the order, sharding
-and corrupt-file handling) -> decoders.image ("mixed" = nvJPEG on GPU, "cpu" with device_id=None) -> per view:
+and corrupt-file handling) -> decoders.image ("mixed" = nvJPEG on GPU, "cpu" with device_id=None; SeCo band
+files are decoded one by one, stretched with SeCo's table by lookup_table and stacked B4, B3, B2) -> per view:
 random_resized_crop -> color_twist (jitter and grayscale folded into one 3x3 colour matrix with per-sample
 arithmetic masks; run before the crop when the source has fewer pixels than the view, see dali_graph.py) ->
 gaussian_blur and solarize under DALI conditionals -> crop_mirror_normalize (flip, normalise, HWC uint8 -> CHW
-float).
+float). A `colour_before_crop` group (DINO-TP) runs colour, blur and solarize on the whole image before the crop.
 
-The order of an epoch is a function of (seed, epoch) as in the torch pipeline; the random views come from
-DALI's generator, seeded per rank at build, so they depend on the run's history, not on (seed, epoch) alone.
+The order of an epoch is a function of (seed, epoch) as in the torch pipeline. The random views come from DALI's
+generators, which cannot be re-seeded or moved to a given batch once built; so every epoch gets a fresh pipeline
+seeded by (seed, epoch, rank), and the views of an epoch do not depend on the epochs before it. A resume inside
+an epoch restores the generators with DALI's own checkpointing (`Pipeline.checkpoint()`, the state after the
+batches already returned, saved in the run's checkpoint by `state_dict`): the resumed run sees the same views.
 
 Where it differs from the torchvision reference (`torch_pipeline.py`), all small:
-- colour jitter is applied in a fixed order (DALI's colour matrix), not torchvision's random order;
-- contrast scales around mid-grey (128), not around the image's mean grey;
+- colour jitter is one affine colour matrix (DALI color_twist: saturation and hue in YIQ, hue as a rotation of the
+  I/Q plane, then contrast around mid-grey 128, then brightness, one clamp at the end), where torchvision applies
+  the four adjustments in a random order with a clamp to [0, 1] after each, hue as a shift in HSV and contrast
+  around the image's mean grey. Without the clamps, and with hue as a YIQ rotation, the four adjustments commute,
+  so the order matters only where an intermediate value leaves [0, 255] and through the hue model;
+- contrast scales around mid-grey (128), not around the image's mean grey (a uniform shift of
+  brightness * (1 - contrast) * (mean - 128) grey levels);
 - grayscale is saturation 0 inside the same colour matrix (after the hue shift);
-- blur is a true Gaussian of the same sigma (PIL approximates it with box filters).
+- blur is a true Gaussian of the same sigma (PIL approximates it with box filters);
+- a `colour_before_crop` view is mirrored after its crop, not before: the crop's position is uniform and
+  symmetric, so the views have the same distribution.
 
 Corrupt files: DALI's decoder fails the whole batch and leaves the pipeline unusable. So (1) every file gets a
 cheap structural check (JPEG/PNG/TIFF signature, JPEG end-of-image marker, PNG IEND chunk) the first time it
@@ -23,8 +34,8 @@ flight are decoded with PIL to find the culprits, those are marked bad, the DALI
 epoch continues from the failed batch. Either way the file is counted in `num_skipped` and warned about once;
 with strict=True it raises instead.
 
-DINO-TP (temporal=True) is supported: each sample feeds one image slot per global view (different
-acquisitions of the location) plus one slot that all local views share (one acquisition).
+DINO-TP (temporal=True) is supported: each sample feeds one image slot per date (`spec.n_dates` acquisitions of
+the location drawn with replacement, as the torch pipeline draws them) and each view is cut from its group's date.
 """
 
 from __future__ import annotations
@@ -33,9 +44,18 @@ import numpy as np
 import torch
 
 from .augment import AugmentationSpec, ViewGroup
+from .bands import RGB_BANDS, band_lut
 from .decode import load_rgb
 from .sources import Acquisition, SeCoLocation
-from .torch_pipeline import ShardedSampler, _check_length, _name, note_skipped, pipeline_items
+from .torch_pipeline import (
+    ShardedSampler,
+    _check_length,
+    _name,
+    check_temporal,
+    draw_dates,
+    note_skipped,
+    pipeline_items,
+)
 
 _JPEG, _PNG = b"\xff\xd8", b"\x89PNG\r\n\x1a\n"
 _TIFF = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -55,10 +75,10 @@ def looks_complete(data: np.ndarray) -> bool:
 class _Feeder:
     """The external_source callback: for DALI iteration j of an epoch, the encoded files of batch start + j."""
 
-    def __init__(self, items: list, sampler: ShardedSampler, batch_size: int, n_global: int, files_per_image: int,
+    def __init__(self, items: list, sampler: ShardedSampler, batch_size: int, n_dates: int, files_per_image: int,
                  temporal: bool, seed: int, strict: bool):
         self.items, self.sampler, self.batch_size = items, sampler, batch_size
-        self.n_global, self.files_per_image, self.temporal = n_global, files_per_image, temporal
+        self.n_dates, self.files_per_image, self.temporal = n_dates, files_per_image, temporal
         self.seed, self.strict = seed, strict
         self.ok: dict[str, bool] = {}
         self.bad: set[str] = set()
@@ -101,8 +121,7 @@ class _Feeder:
             good = [a for a in item.acquisitions if self._usable(a)]
             if not good:
                 return None
-            order = rng.permutation(len(good))
-            slots = [good[order[v % len(good)]] for v in range(self.n_global)] + [good[int(rng.integers(len(good)))]]
+            slots = [good[i] for i in draw_dates(len(good), self.n_dates, rng)]
             return [f for a in slots for f in _files_of(a)]
         return _files_of(item) if self._usable(item) else None
 
@@ -172,6 +191,7 @@ class DaliPipeline:
                  strict: bool = False):
         import nvidia.dali  # noqa: F401  (fail here, where build_pipeline can fall back)
 
+        check_temporal(spec, temporal)
         items = pipeline_items(source, temporal)
         self.spec, self.batch_size, self.gpu = spec, batch_size, gpu
         self.device = torch.device(device)
@@ -181,46 +201,93 @@ class DaliPipeline:
         self.backend = "dali-gpu" if gpu else "dali-cpu"
         self.sampler = ShardedSampler(len(items), rank=rank, world_size=world_size, seed=seed)
         _check_length(len(self.sampler), batch_size, len(items), world_size)
-        self.feeder = _Feeder(items, self.sampler, batch_size, spec.n_global, _files_per_image(items), temporal,
-                              seed, strict)
-        self.source_pixels = _typical_pixels(items)
+        if spec.bands:  # multispectral: files read in Python, views drawn there too (dali_ms.py)
+            from .dali_ms import MSFeeder
+            from .torch_pipeline import band_reader
+
+            self.feeder = MSFeeder(items, self.sampler, batch_size, spec, temporal, seed, strict,
+                                   band_reader(source, spec))
+            self.source_pixels = 0
+        else:
+            self.feeder = _Feeder(items, self.sampler, batch_size, spec.n_dates, _files_per_image(items), temporal,
+                                  seed, strict)
+            self.source_pixels = _typical_pixels(items)
         self.epoch = 0
         self.skipped_files: set[str] = set()
-        self._builds = 0
-        self._pipe = self._build()  # build now: a DALI problem shows up in build_pipeline, which can fall back
-        self._stale = False
+        self._start, self._restore = 0, None  # where the next iteration starts (set_epoch)
+        self._rebuilds = 0  # rebuilds in this epoch after a decoder failure
+        self._pipe = self._build(0)  # build now: a DALI problem shows up in build_pipeline, which can fall back
+        self._fresh = (0, 0)  # (epoch, start) the unused pipeline above was seeded for
 
     @property
     def num_skipped(self) -> int:
         return len(self.skipped_files | self.feeder.bad)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0, state: dict | None = None) -> None:
+        """The next iteration yields batches start_batch, ... of `epoch`. `state`: what `state_dict()` returned at
+        that position; with it the views are exactly those of an uninterrupted run. Without it (a checkpoint
+        from another world size) the order is the same but the views are drawn afresh, seeded by the position."""
+        self.epoch, self._start, self._restore = epoch, start_batch, state or None
+
+    def state_dict(self) -> dict:
+        """The DALI generators' state after the batches returned so far in this epoch, and the feeder's
+        position and bad-file marks: what `set_epoch(epoch, batch, state)` needs to continue exactly."""
+        return dict(dali=self._pipe.checkpoint(), feeder_start=self.feeder.start, rebuilds=self._rebuilds,
+                    bad_files=sorted(f for f, ok in self.feeder.ok.items() if not ok), bad=sorted(self.feeder.bad))
 
     def __len__(self) -> int:
+        """Batches in a whole epoch, whatever set_epoch's start_batch."""
         return len(self.sampler) // self.batch_size
 
-    def _build(self):
+    def _build(self, start: int, checkpoint: bytes | None = None):
         from .dali_graph import multiview_pipeline
 
-        self._builds += 1
-        n_slots = self.spec.n_global + 1 if self.temporal else 1
-        # A new seed per rebuild: after a recovery the views must not repeat the failed batch's randomness.
+        n_slots = self.spec.n_dates if self.temporal else 1
+        # SeCo band files: SeCo's stretch per band, B4, B3, B2 (bands.py); RGB files are read as they are.
+        band_luts = [band_lut(b).tolist() for b in RGB_BANDS] if self.feeder.files_per_image == 3 else None
+        # The seed is a function of where the pipeline starts, so the views of an epoch do not depend on the run's
+        # history; a rebuild after a decoder failure gets a new one (it must not repeat the failed batch's draws).
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, self.rank, start, self._rebuilds])
+                   .generate_state(1)[0]) & 0x7FFFFFFF
+        if self.spec.bands:
+            from .dali_ms_graph import multispectral_pipeline
+
+            pipe = multispectral_pipeline(self.spec, n_slots=n_slots, source=self.feeder, gpu=self.gpu,
+                                          batch_size=self.batch_size, num_threads=self.num_threads,
+                                          device_id=self.device_id, seed=seed, prefetch_queue_depth=_PREFETCH,
+                                          enable_checkpointing=True, checkpoint=checkpoint)
+            pipe.build()
+            return pipe
         pipe = multiview_pipeline(self.spec, n_slots=n_slots, files_per_image=self.feeder.files_per_image,
+                                  band_luts=band_luts,
                                   source=self.feeder, gpu=self.gpu, source_pixels=self.source_pixels,
                                   batch_size=self.batch_size,
-                                  num_threads=self.num_threads, device_id=self.device_id,
-                                  seed=self.seed * 1000 + self.rank * 97 + self._builds,
-                                  prefetch_queue_depth=_PREFETCH)
+                                  num_threads=self.num_threads, device_id=self.device_id, seed=seed,
+                                  prefetch_queue_depth=_PREFETCH, enable_checkpointing=True, checkpoint=checkpoint)
         pipe.build()
         return pipe
 
+    def _start_epoch(self) -> int:
+        """Plan the feeder and (re)build the pipeline for the position set by set_epoch; returns the first batch."""
+        start, restore = self._start, self._restore
+        self._start, self._restore = 0, None
+        if restore is not None:  # inside an epoch, with the generators' saved state: continue exactly
+            self._rebuilds = restore["rebuilds"]
+            self.feeder.ok.update(dict.fromkeys(restore["bad_files"], False))
+            self.feeder.bad.update(restore["bad"])
+            self.feeder.plan(self.epoch, start=restore["feeder_start"])
+            # The restored pipeline also resumes its iteration counter: the feeder keeps its saved start.
+            self._pipe = self._build(restore["feeder_start"], checkpoint=restore["dali"])
+        else:
+            self._rebuilds = 0
+            self.feeder.plan(self.epoch, start=start)
+            if self._fresh != (self.epoch, start):
+                self._pipe = self._build(start)
+        self._fresh = None
+        return start
+
     def __iter__(self):
-        if self._stale:  # the last epoch was left early: its batches are still queued in the pipeline
-            self._pipe = self._build()
-        self._stale = True
-        self.feeder.plan(self.epoch)
-        b = 0
+        b = self._start_epoch()
         while b < len(self):
             try:
                 outputs = self._pipe.run()
@@ -230,22 +297,20 @@ class DaliPipeline:
                     what = f" (cannot decode {culprits[0]!r})" if culprits else ""
                     raise RuntimeError(f"DALI pipeline failed at batch {b} of epoch {self.epoch}{what}: {e}") from e
                 self.feeder.plan(self.epoch, start=b)
-                self._pipe = self._build()
+                self._rebuilds += 1
+                self._pipe = self._build(b)
                 continue
             note_skipped(self.skipped_files, sorted(self.feeder.bad - self.skipped_files))
             self.feeder.in_flight.pop(b, None)
             b += 1
             yield [self._to_torch(o) for o in outputs]
-        try:  # the source has said StopIteration for the batch after the last: collect it, rewind for next epoch
-            self._pipe.run()
-        except StopIteration:
-            self._pipe.reset()
-            self._stale = False
         note_skipped(self.skipped_files, sorted(self.feeder.bad - self.skipped_files))
 
     def _to_torch(self, tensor_list) -> torch.Tensor:
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
+        # A copy into memory torch owns, so a batch stays valid whatever DALI does with its buffers next (see
+        # tests/test_data_dali_gpu.py); on CUDA DALI orders the copy after the producing work and before any reuse.
         t = tensor_list.as_tensor()
         if not self.gpu:
             return torch.from_numpy(np.array(t)).to(self.device, non_blocking=True)
@@ -255,9 +320,8 @@ class DaliPipeline:
 
 
 def view_slots(spec: AugmentationSpec, n_slots: int) -> list[tuple[ViewGroup, int]]:
-    """(group, image slot) per view: one slot for all views, or (DINO-TP) slot v per global view and the last
-    slot for every local view."""
+    """(group, image slot) per view: one slot for all views, or (DINO-TP) the slot of the group's date."""
     views = spec.views()
     if n_slots == 1:
         return [(g, 0) for g in views]
-    return [(g, v if v < spec.n_global else n_slots - 1) for v, g in enumerate(views)]
+    return [(g, g.date) for g in views]

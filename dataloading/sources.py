@@ -1,15 +1,20 @@
 """Image sources: which files make up the dataset, found before training starts.
 
 Layouts (`build_source(path, layout=...)`):
-  files   a directory of images at any depth (jpg, jpeg, png, tif, tiff); no labels
+  files   a directory of images at any depth (jpg, jpeg, png, tif, tiff; npy for multispectral arrays); no labels
   folder  an ImageFolder tree `<root>/<class>/**/<image>`; labels = index of the class in sorted order
   list    a text file of image paths relative to `path` (EuroSAT's train/val/test.txt); labels from the first
           path component when every entry has one (`AnnualCrop/AnnualCrop_1.jpg` -> AnnualCrop)
   seco    `<root>/<location>/<product-id>/B*.tif` single-band uint8 (RGB = B4, B3, B2) and/or the 100K release's
-          RGB preview `<root>/<location>/<product-id>.tif`; a location groups its acquisitions
+          RGB preview `<root>/<location>/<product-id>.tif`; a location groups its acquisitions (see bands.py)
   auto    list if `list_file` is given (or `path` is a .txt file), seco if a location holds band folders,
           folder if every image sits in a top-level sub-folder, files otherwise. A SeCo tree of previews only
           looks like an ImageFolder of TIFFs: pass layout="seco" for it.
+
+SeCo subsets are drawn by location with a seeded hash (`location_in_subset`), so a location is in or out
+whatever else the tree holds: adding locations never changes which old ones are in. `acquisitions="one"` keeps
+one acquisition per location, drawn once per seed, as DINO-MC's MCBase does (data_process/dino_dataset.py
+L41-50: `np.random.choice` over a location's files after `fix_random_seeds`, main_dino_mc.py L156).
 
 Every problem (missing path, no images, unsupported or missing list entry) is a ValueError / FileNotFoundError
 that names the path, raised here rather than in a DataLoader worker mid-epoch.
@@ -17,6 +22,8 @@ that names the path, raised here rather than in a DataLoader worker mid-epoch.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -24,9 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+from .bands import RGB_BANDS
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".npy")  # .npy: multispectral arrays (multispectral.py)
 LAYOUTS = ("auto", "files", "folder", "list", "seco")
-_RGB_BANDS = ("B4", "B3", "B2")
+ACQUISITIONS = ("all", "one")
+_RGB_BANDS = RGB_BANDS
 _BAND_RE = re.compile(r"^B0?(\d{1,2}A?)\.tiff?$", re.IGNORECASE)  # B4.tif, B04.tif, B8A.tif
 
 
@@ -100,20 +110,30 @@ class SeCoSource:
         return sum(len(loc.acquisitions) for loc in self.locations)
 
 
-def build_source(path, *, list_file=None, layout: str = "auto", subset: float = 1.0, seed: int = 0):
+def build_source(path, *, list_file=None, layout: str = "auto", subset: float = 1.0, seed: int = 0,
+                 acquisitions: str = "all"):
     """Find the images of a dataset. Returns an ImageSource, or a SeCoSource for layout "seco".
 
-    subset: keep this fraction (0 < subset <= 1), drawn with `seed`; by location for SeCo. The same
-    (source, subset, seed) always gives the same files, in the original order.
+    subset: keep this fraction (0 < subset <= 1), drawn with `seed`, in the original order. Images: exactly
+    round(subset * n) of them (at least one). SeCo: each location is kept when a hash of (seed, its name) falls
+    below `subset`, so about that fraction, the same locations whatever else the tree holds.
+    acquisitions (SeCo only): "all" (every acquisition of a location) or "one" (one per location, drawn with
+    `seed`, as DINO-MC's MCBase: an epoch is one image per location).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} is not supported; use one of {LAYOUTS}")
+    if acquisitions not in ACQUISITIONS:
+        raise ValueError(f"acquisitions={acquisitions!r} is not supported; use one of {ACQUISITIONS}")
     if not 0 < subset <= 1:
         raise ValueError(f"subset={subset!r} must be in (0, 1] (the fraction of the dataset to keep)")
     root = Path(path).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"data path {str(root)!r} does not exist")
     if root.is_file():
+        if is_image(root.name):
+            raise ValueError(f"data path {str(root)!r} is a single image; give a folder of images (any depth, or "
+                             "an ImageFolder tree), a SeCo root, or a text file listing image paths (one per line, "
+                             "relative to the list's folder)")
         if layout not in ("auto", "list") or list_file is not None:
             raise ValueError(f"data path {str(root)!r} is a file; give a directory (or a .txt list as the only path)")
         root, list_file, layout = root.parent, root, "list"
@@ -124,7 +144,8 @@ def build_source(path, *, list_file=None, layout: str = "auto", subset: float = 
     if layout == "auto":
         layout = _detect_layout(root)
     if layout == "seco":
-        return _subset_seco(_scan_seco(root), subset, seed)
+        source = _subset_seco(_scan_seco(root), subset, seed)
+        return one_acquisition_per_location(source, seed) if acquisitions == "one" else source
     if layout == "list":
         source = _read_list(root, Path(list_file) if list_file is not None else None)
     elif layout == "folder":
@@ -178,7 +199,12 @@ def _read_list(root: Path, list_file: Path | None) -> ImageSource:
         raise ValueError("layout='list' needs list_file= (a text file of image paths relative to the data path)")
     if not list_file.is_file():
         raise FileNotFoundError(f"list file {str(list_file)!r} does not exist")
-    entries = [line.strip() for line in list_file.read_text().splitlines()]
+    try:
+        text = list_file.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"list file {str(list_file)!r} is not a text file; a list file holds image paths, one per "
+                         "line, relative to the data path (the data path may also be a folder of images)") from None
+    entries = [line.strip() for line in text.splitlines()]
     entries = [e for e in entries if e and not e.startswith("#")]
     if not entries:
         raise ValueError(f"list file {str(list_file)!r} lists no images")
@@ -252,7 +278,35 @@ def _subset_images(source: ImageSource, subset: float, seed: int) -> ImageSource
     return source
 
 
+def _unit_hash(seed: int, key: str) -> float:
+    """A number in [0, 1) that depends only on (seed, key): the same on every machine and Python run."""
+    digest = hashlib.blake2b(f"{seed}/{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def location_in_subset(name: str, subset: float, seed: int) -> bool:
+    """Whether SeCo location `name` belongs to the seeded `subset` fraction. Depends on nothing but (name, subset,
+    seed): adding locations to a tree never changes which old ones are in, and a smaller subset is contained in a
+    larger one with the same seed."""
+    return subset >= 1 or _unit_hash(seed, name) < subset
+
+
 def _subset_seco(source: SeCoSource, subset: float, seed: int) -> SeCoSource:
-    keep = subset_indices(len(source.locations), subset, seed)
-    source.locations = [source.locations[i] for i in keep]
+    if subset >= 1:
+        return source
+    kept = [loc for loc in source.locations if location_in_subset(loc.name, subset, seed)]
+    if not kept:
+        raise ValueError(f"subset={subset} with seed={seed} keeps none of the {len(source.locations)} SeCo locations "
+                         f"under {source.root!r}; use a larger subset")
+    source.locations = kept
     return source
+
+
+def one_acquisition_per_location(source: SeCoSource, seed: int) -> SeCoSource:
+    """A SeCoSource with one acquisition per location, chosen by a hash of (seed, location), the same whatever
+    else the tree holds (DINO-MC's MCBase draws one file per location once, dino_dataset.py L47)."""
+    def pick(loc: SeCoLocation) -> SeCoLocation:
+        i = int(_unit_hash(seed, "acquisition/" + loc.name) * len(loc.acquisitions))
+        return SeCoLocation(loc.name, [loc.acquisitions[i]])
+
+    return dataclasses.replace(source, locations=[pick(loc) for loc in source.locations])

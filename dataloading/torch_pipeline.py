@@ -2,8 +2,14 @@
 
 Per view it does what DINO's `DataAugmentationDINO` (and DINO-MC's version of it) does:
 RandomResizedCrop -> horizontal flip -> ColorJitter (random order, probability p) -> grayscale -> PIL Gaussian
-blur (radius uniform in blur_sigma) -> solarize -> to float, normalise. The random parameters of a view are
+blur (radius uniform in blur_sigma) -> solarize -> to float, normalise. A group with `colour_before_crop` runs
+jitter -> grayscale -> blur -> solarize -> flip on the whole image and crops last, as DINO-TP does (DINO-MC
+data_process/dino_dataset.py L97-104 before dino_augmentation.py L77-80). The random parameters of a view are
 drawn by `sample_view_params` and applied by `apply_view`, so tests can check the distributions directly.
+
+DINO-TP (temporal): a sample is a SeCo location; it draws `spec.n_dates` of its acquisitions with replacement
+(DINO-MC's `np.random.choice(img_names, 3)`, dino_dataset.py L118) and each view is cut from the draw its
+group's `date` names.
 
 Randomness is a function of (seed, epoch, dataset index) only, not of the worker that loads the sample, so a
 run is reproducible whatever `num_threads` is.
@@ -23,6 +29,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .augment import AugmentationSpec, ViewGroup
 from .decode import load_rgb
+from .ms_augment import apply_ms_view
+from .multispectral import BandReader
 from .sources import Acquisition, ImageSource, SeCoLocation, SeCoSource
 
 _INTERP = {"nearest": TF.InterpolationMode.NEAREST, "bilinear": TF.InterpolationMode.BILINEAR,
@@ -78,11 +86,23 @@ def sample_view_params(group: ViewGroup, width: int, height: int, rng: np.random
 
 def apply_view(img: Image.Image, group: ViewGroup, p: ViewParams, mean, std) -> torch.Tensor:
     """One view as a normalised float tensor [3, size, size]."""
+    if group.colour_before_crop:  # DINO-TP: augment the whole image, then crop (dino_dataset.py L97-104)
+        img = _photometric(img, group, p)
+        img = _crop(TF.hflip(img) if p.flip else img, group, p)
+    else:  # DINO: crop, then flip and colour (main_dino.py L436-447)
+        img = _crop(img, group, p)
+        img = _photometric(TF.hflip(img) if p.flip else img, group, p)
+    return TF.normalize(TF.to_tensor(img), mean, std)
+
+
+def _crop(img: Image.Image, group: ViewGroup, p: ViewParams) -> Image.Image:
     top, left, h, w = p.crop
-    img = TF.resized_crop(img, top, left, h, w, [group.size, group.size], _INTERP[group.interpolation],
-                          antialias=True)
-    if p.flip:
-        img = TF.hflip(img)
+    return TF.resized_crop(img, top, left, h, w, [group.size, group.size], _INTERP[group.interpolation],
+                           antialias=True)
+
+
+def _photometric(img: Image.Image, group: ViewGroup, p: ViewParams) -> Image.Image:
+    """Colour jitter, grayscale, blur, solarize as drawn."""
     if p.jitter is not None:
         order, b, c, s, hue = p.jitter
         for fn in order:  # ColorJitter applies its four adjustments in a random order
@@ -100,21 +120,26 @@ def apply_view(img: Image.Image, group: ViewGroup, p: ViewParams, mean, std) -> 
         img = img.filter(ImageFilter.GaussianBlur(radius=p.blur_sigma))  # DINO blurs with PIL, radius = sigma
     if p.solarize:
         img = ImageOps.solarize(img, threshold=group.solarize_threshold)
-    return TF.normalize(TF.to_tensor(img), mean, std)
+    return img
 
 
 class MultiViewTransform:
-    """All views of one sample. `images` is one PIL image, or one per view (DINO-TP)."""
+    """All views of one sample. `images` is one PIL image, or one per view (DINO-TP); multispectral: [H, W, C]
+    arrays instead (ms_augment.apply_ms_view)."""
 
     def __init__(self, spec: AugmentationSpec):
         self.spec = spec
         self.groups = spec.views()
 
     def __call__(self, images, rng: np.random.Generator) -> list[torch.Tensor]:
-        if isinstance(images, Image.Image):
+        if isinstance(images, (Image.Image, np.ndarray)):
             images = [images] * len(self.groups)
         out = []
         for group, img in zip(self.groups, images, strict=True):
+            if isinstance(img, np.ndarray):
+                params = sample_view_params(group, img.shape[1], img.shape[0], rng)
+                out.append(apply_ms_view(img, group, params, self.spec))
+                continue
             params = sample_view_params(group, img.width, img.height, rng)
             out.append(apply_view(img, group, params, self.spec.mean, self.spec.std))
         return out
@@ -124,11 +149,12 @@ class MultiViewDataset(Dataset):
     """Items are image paths / SeCo acquisitions, or SeCo locations when temporal. Indexed by (epoch, index);
     returns (views, files skipped as corrupt on the way)."""
 
-    def __init__(self, items: list, spec: AugmentationSpec, *, seed: int = 0, strict: bool = False):
+    def __init__(self, items: list, spec: AugmentationSpec, *, seed: int = 0, strict: bool = False, reader=None):
         self.items = items
         self.transform = MultiViewTransform(spec)
         self.seed = seed
         self.strict = strict
+        self.read = reader or load_rgb  # multispectral: a multispectral.BandReader (item -> [H, W, C] array)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -152,17 +178,16 @@ class MultiViewDataset(Dataset):
 
     def _load(self, item, rng, skipped):
         if not isinstance(item, SeCoLocation):
-            return load_rgb(item)
+            return self.read(item)
         return self._load_temporal(item, rng, skipped)
 
     def _load_temporal(self, location: SeCoLocation, rng, skipped):
-        """DINO-TP: global views from different acquisitions, all local views from one acquisition."""
-        n_global, n_views = self.transform.spec.n_global, self.transform.spec.n_views
+        """DINO-TP: `n_dates` acquisitions drawn with replacement; each view gets the draw of its group's date."""
         acqs = list(location.acquisitions)
         images = {}
         for a in acqs:  # the few acquisitions of a location are small; read them all to drop corrupt ones first
             try:
-                images[a.name] = load_rgb(a)
+                images[a.name] = self.read(a)
             except Exception as e:
                 if self.strict:
                     raise RuntimeError(f"cannot read image {_name(a)!r}: {e}") from e
@@ -170,10 +195,14 @@ class MultiViewDataset(Dataset):
         names = [a.name for a in acqs if a.name in images]
         if not names:
             raise OSError(f"no readable acquisition in location {location.name!r}")
-        order = rng.permutation(len(names))
-        globals_ = [images[names[order[v % len(names)]]] for v in range(n_global)]
-        local = images[names[int(rng.integers(len(names)))]]
-        return globals_ + [local] * (n_views - n_global)
+        dated = [images[names[i]] for i in draw_dates(len(names), self.transform.spec.n_dates, rng)]
+        return [dated[g.date] for g in self.transform.groups]
+
+
+def draw_dates(n_acquisitions: int, n_dates: int, rng: np.random.Generator) -> list[int]:
+    """Indices of the acquisitions a DINO-TP sample uses, drawn uniformly with replacement (DINO-MC's
+    `np.random.choice(img_names, 3)`, dino_dataset.py L118): t0, t1, ... may be the same date."""
+    return rng.integers(n_acquisitions, size=n_dates).tolist()
 
 
 def _name(item) -> str:
@@ -194,9 +223,10 @@ class ShardedSampler(Sampler):
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.n, self.rank, self.world_size, self.seed, self.shuffle = n, rank, world_size, seed, shuffle
         self.epoch = 0
+        self.skip = 0  # indices of this epoch not to yield (a resume inside the epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self.skip = epoch, 0
 
     def indices(self) -> list[int]:
         if self.shuffle:
@@ -208,7 +238,7 @@ class ShardedSampler(Sampler):
 
     def __iter__(self):
         epoch = self.epoch
-        return iter([(epoch, i) for i in self.indices()])
+        return iter([(epoch, i) for i in self.indices()[self.skip:]])
 
     def __len__(self) -> int:
         return self.n // self.world_size
@@ -217,6 +247,24 @@ class ShardedSampler(Sampler):
 def _collate(samples):
     views = [torch.stack(v) for v in zip(*(s[0] for s in samples), strict=True)]
     return views, [f for s in samples for f in s[1]]
+
+
+def band_reader(source, spec: AugmentationSpec) -> BandReader | None:
+    """The multispectral reader of a spec with bands (None for RGB): file order from the source's `file_bands`
+    (set by fastdino.multispectral.resolve_multispectral)."""
+    if not spec.bands:
+        return None
+    if not spec.mean:
+        raise ValueError(f"AugmentationSpec with bands {list(spec.bands)} has no mean / std: run `fastdino stats` "
+                         "on the data and set them (fastdino train does it from data.stats)")
+    return BandReader(tuple(spec.bands), getattr(source, "file_bands", None))
+
+
+def check_temporal(spec: AugmentationSpec, temporal: bool) -> None:
+    if temporal and spec.n_dates < 2:
+        raise ValueError("temporal=True (DINO-TP) cuts views from several acquisitions of a location, but every view "
+                         "of this AugmentationSpec has date 0: use AugmentationSpec.preset('dino-tp') or set "
+                         "ViewGroup.date")
 
 
 def pipeline_items(source, temporal: bool) -> list:
@@ -239,10 +287,11 @@ class TorchPipeline:
 
     def __init__(self, source, spec: AugmentationSpec, *, batch_size: int, device="cpu", num_threads: int = 2,
                  seed: int = 0, rank: int = 0, world_size: int = 1, temporal: bool = False, strict: bool = False):
+        check_temporal(spec, temporal)
         items = pipeline_items(source, temporal)
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.dataset = MultiViewDataset(items, spec, seed=seed, strict=strict)
+        self.dataset = MultiViewDataset(items, spec, seed=seed, strict=strict, reader=band_reader(source, spec))
         self.sampler = ShardedSampler(len(items), rank=rank, world_size=world_size, seed=seed)
         _check_length(len(self.sampler), batch_size, len(items), world_size)
         self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_threads,
@@ -255,10 +304,19 @@ class TorchPipeline:
         """Distinct files found corrupt so far (each is warned about once)."""
         return len(self.skipped_files)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0, state: dict | None = None) -> None:
+        """The next iteration yields batches start_batch, start_batch + 1, ... of `epoch` (a resume inside an
+        epoch). The skipped batches are never loaded; the others are the same as without the skip, since every
+        random draw is a function of (seed, epoch, index). `state` (from `state_dict`) is not needed here."""
         self.sampler.set_epoch(epoch)
+        self.sampler.skip = start_batch * self.batch_size
+
+    def state_dict(self) -> dict:
+        """What a resume needs besides the position (epoch, batch): nothing, for this pipeline."""
+        return {}
 
     def __len__(self) -> int:
+        """Batches in a whole epoch, whatever set_epoch's start_batch."""
         return len(self.sampler) // self.batch_size
 
     def __iter__(self):

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from fastdino import __version__
+
 # name -> (module, one-line help). Modules with sub-subcommands (eval, viz) add their own subparsers.
 COMMANDS = {
     "train": ("fastdino.cli_train", "pretrain a backbone with DINO / DINO-MC / DINO-TP"),
@@ -18,11 +20,14 @@ COMMANDS = {
     "export": ("fastdino.export", "export the teacher backbone as a timm-loadable safetensors file"),
     "viz": ("fastdino.viz", "attention maps and training curves as PNG"),
     "finetune": ("fastdino.finetune.cli", "fine-tune a backbone: scene classification, BigEarthNet, OSCD change"),
+    "stats": ("fastdino.cli_stats", "per-band statistics of multispectral data (what training normalises with)"),
+    "prepare": ("fastdino.cli_prepare", "convert multispectral GeoTIFFs / band trees to .npy arrays once"),
 }
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastdino", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fastdino {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in COMMANDS.items():

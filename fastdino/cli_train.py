@@ -36,9 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, metavar="N",
                         help="GLOBAL batch size, summed over all GPUs/ranks (each gets N / world size)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--max-steps", type=int, metavar="N",
+                        help="stop after N steps in all (run.max_steps; the lr schedule still spans --epochs)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true",
-                      help="continue the run in --output (default: the newest runs/<preset>-*) from its checkpoint")
+    mode.add_argument("--resume", nargs="?", const="yes", metavar="auto",
+                      help="continue the run in --output (default: the newest runs/<preset>-*) from its checkpoint; "
+                      "--resume auto: continue if --output holds a checkpoint, else start there (for requeued jobs)")
     mode.add_argument("--overwrite", action="store_true",
                       help="start over in a non-empty --output (deletes its checkpoints, logs, plots, config.yaml)")
     mode.add_argument("--init-from", metavar="PATH", help="start a new run from a checkpoint's weights only")
@@ -48,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fastdino.checkpoint import CheckpointError
+    from fastdino.preemption import EXIT_PREEMPTED
     from fastdino.train import NonFiniteLossError, train
 
     try:
@@ -56,13 +61,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        train(config, run_dir, resume=args.resume, init_from=args.init_from, echo=_echo)
+        summary = train(config, run_dir, resume=args.resume == "yes", init_from=args.init_from, echo=_echo)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as e:  # the data found unusable when the pipeline is built
+    except (ValueError, FileNotFoundError, CheckpointError) as e:  # data or checkpoint found unusable in train
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if summary["stopped"]:  # a stop signal: the state is saved, the resume command printed
+        return EXIT_PREEMPTED
     if demo and env_info().is_main:
         _echo("\nThat run used GENERATED images (a built-in demo). To train on real imagery: "
               "fastdino train --preset dino-mc-vits8 --data /path/to/images [--data-list train.txt]")
@@ -79,13 +86,23 @@ def _prepare(args: argparse.Namespace):
 
     dist_info = init_distributed("cuda" if args.device != "cpu" and _cuda() else "cpu")
     output = Path(args.output) if args.output else None
-    if args.resume and output is None:
+    if args.resume not in (None, "yes", "auto"):
+        raise ValueError(f"--resume {args.resume}: use --resume (continue, a checkpoint must exist) or --resume auto "
+                         "(continue if there is a checkpoint, else start)")
+    if args.resume == "auto":
+        if output is None:
+            raise ValueError("--resume auto needs --output DIR: the folder a requeued job finds again")
+        from fastdino.checkpoint import find_latest
+
+        args.resume = "yes" if find_latest(output) is not None else "auto"  # "auto" from here: start afresh
+    if args.resume == "yes" and output is None:
         output = _newest_run(args.preset or DEFAULT_PRESET)
     config_file = args.config
-    if args.resume and args.preset is None and config_file is None and (output / "config.yaml").is_file():
+    if args.resume == "yes" and args.preset is None and config_file is None and (output / "config.yaml").is_file():
         config_file = output / "config.yaml"  # resume the saved config; --set / flags still apply on top
     overrides = []
-    for flag, key in ((args.epochs, "run.epochs"), (args.batch_size, "run.batch_size"), (args.device, "run.device")):
+    for flag, key in ((args.epochs, "run.epochs"), (args.batch_size, "run.batch_size"), (args.device, "run.device"),
+                      (args.max_steps, "run.max_steps")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     if args.data is not None:
@@ -101,6 +118,10 @@ def _prepare(args: argparse.Namespace):
     demo = config.data.path is None
     if not demo and not Path(config.data.path).exists():
         raise FileNotFoundError(f"data path {config.data.path} does not exist (set by --data or data.path)")
+    if not demo and Path(config.data.path).is_file():  # a list file (cheap to check now) or a mistake
+        from fastdino.dataloading import build_source
+
+        build_source(config.data.path, list_file=config.data.list_file, layout=config.data.layout)
 
     if output is None:
         output = Path(config.run.output) if config.run.output else Path("runs") / f"{config.preset}-{_stamp()}"
@@ -118,6 +139,10 @@ def _prepare(args: argparse.Namespace):
                   f"(textures, not real imagery) in {config.data.path}.\n"
                   "Point it at real imagery with --data PATH (an image folder or a SeCo root) "
                   "[--data-list FILE] [--preset dino-mc-vits8].")
+    if config.data.bands is not None and args.resume != "yes":  # bands and statistics now: errors before step 0
+        from fastdino.multispectral import resolve_multispectral
+
+        resolve_multispectral(config)
     barrier()
     if dist_info.is_main:
         _echo(f"run folder: {run_dir}\nresolved config:\n" + dump_yaml(config))
@@ -126,14 +151,18 @@ def _prepare(args: argparse.Namespace):
 
 def _check_output(run_dir: Path, args: argparse.Namespace) -> str | None:
     """The output folder's state against --resume / --overwrite (rank 0 only; returns the error, if any)."""
-    from fastdino.checkpoint import find_latest
+    from fastdino.checkpoint import CheckpointError, find_latest, load_latest
 
-    if args.resume:
+    if args.resume == "yes":
         if find_latest(run_dir) is None:
             return f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start a new run without --resume"
+        try:  # a truncated last.pt is found now, with the newest readable checkpoint named, not after the build
+            load_latest(run_dir, map_location="meta")  # meta: reads the structure, not the tensors' bytes
+        except CheckpointError as e:
+            return f"--resume: {e}"
         return None
     if run_dir.exists() and any(run_dir.iterdir()):
-        if not args.overwrite:
+        if not args.overwrite and args.resume != "auto":  # auto: a run folder with no checkpoint starts over
             return (f"Output '{run_dir}' is not empty! Pass --overwrite to start over in it (deletes its "
                     "checkpoints, logs, plots and config.yaml), --resume to continue the run it holds, "
                     "or choose another --output.")
@@ -159,6 +188,12 @@ def _demo_dataset(config, is_main: bool) -> Path:
 
     size = max(64, max(v["size"] for v in config.augment["global_views"]))
     cache = Path(os.environ.get("FASTDINO_CACHE", Path.home() / ".cache" / "fastdino"))
+    if config.data.bands is not None:  # tiny-ms: EuroSAT-MS-shaped 13-band TIFFs and their band statistics
+        from fastdino.multispectral import demo_dataset
+
+        root = demo_dataset(cache, DEMO_IMAGES, size) if is_main else None
+        barrier()
+        return root or cache / f"synthetic-ms-{DEMO_IMAGES}x{size}"
     root = cache / f"synthetic-{DEMO_IMAGES}x{size}"
     if is_main:
         make_synthetic_dataset(root, n_images=DEMO_IMAGES, size=size, seed=0)

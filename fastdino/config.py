@@ -34,6 +34,10 @@ class ModelConfig:
     drop_path_rate: float = 0.1
     attn_backend: str = "auto"  # auto | xformers | sdpa (packed attention)
     grad_checkpointing: bool = False
+    # ViT position embedding at other grids: timm | dino (the original code's interpolate_pos_encoding, for weights
+    # trained by it: models/pos_embed.py)
+    pos_embed_interp: str = "timm"
+    in_chans: int = 3  # input channels: 3 (RGB), or len(data.bands), set when the bands are resolved (multispectral)
     out_dim: int = 65536
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
@@ -41,7 +45,8 @@ class ModelConfig:
     norm_last_layer: bool = True
 
 
-BACKBONE_KEYS = ("arch", "patch_size", "img_size", "drop_path_rate", "attn_backend", "grad_checkpointing")
+BACKBONE_KEYS = ("arch", "patch_size", "img_size", "drop_path_rate", "attn_backend", "grad_checkpointing",
+                 "pos_embed_interp", "in_chans")
 HEAD_KEYS = ("out_dim", "hidden_dim", "bottleneck_dim", "nlayers", "norm_last_layer")
 
 
@@ -62,15 +67,26 @@ class DataConfig:
     path: str | None = None  # image folder, SeCo root, or the root the list file is relative to
     list_file: str | None = None  # optional file list (one relative path per line)
     layout: str = "auto"  # auto | files | folder | list | seco (see fastdino.dataloading.build_source)
-    subset: float = 1.0  # fraction of the images used (SeCo-100K is the 10% subset of SeCo-1M)
+    subset: float = 1.0  # fraction of the images used; SeCo: of the locations, by a seeded hash (docs/data.md)
     backend: str = "auto"  # pipeline backend: auto | dali | dali-gpu | dali-cpu | torch
-    num_threads: int = 2  # DALI threads or DataLoader workers (0: load in the training process)
+    # DALI threads or DataLoader workers (0: load in the training process); "auto": 2 on CPU, on CUDA the rank's
+    # share of the cores less one, at most 10 (fastdino.train.resolve_num_threads)
+    num_threads: int | str = "auto"
     strict: bool = False  # True: a corrupt image is an error; False: skipped and counted
-    temporal: bool = False  # DINO-TP: global views from different acquisitions of one location (SeCo)
+    temporal: bool = False  # DINO-TP: a sample is a SeCo location, its views cut from 3 dates (augment_preset dino-tp)
+    acquisitions: str = "one"  # SeCo without temporal: one (per location, seeded, as DINO-MC's MCBase) | all
+    # Multispectral (docs/data.md "Multispectral"): Sentinel-2 band names [B4, B3, B2, B8, ...], a set (rgb, s2,
+    # s2-12) or all (every band of the data); null: 8-bit RGB images. file_bands: the band order inside multi-band
+    # files (eurosat-ms | esa | esa-12 | a list; prepared.json of `fastdino prepare` wins). stats: the JSON of
+    # `fastdino stats` (null: <data.path>/band_stats.json), whose per-band mean / std normalise the bands.
+    bands: list | str | None = None
+    file_bands: list | str | None = None
+    stats: str | None = None
 
 
 @dataclass
 class OptimConfig:
+    name: str = "adamw"  # adamw | sgd (DINO's `--optimizer`: torch.optim.SGD(momentum=0.9), main_dino.py L226-229)
     lr: float = 5e-4  # per 256 images; the run uses scaled_lr(config) = lr * global batch / 256
     min_lr: float = 1e-6
     warmup_epochs: int = 10
@@ -89,6 +105,7 @@ class LossConfig:
     student_temp: float = 0.1
     center_momentum: float = 0.9
     momentum_teacher: float = 0.996  # cosine to 1 over training
+    ema_buffers: str = "none"  # teacher float buffers (BatchNorm statistics): none (DINO: its own) | copy | average
     backend: str = "auto"  # auto | triton | torch | reference (fastdino.kernels backends)
 
 
@@ -103,6 +120,27 @@ class RunConfig:
     checkpoint_every: int = 10  # epochs; the last epoch is always saved
     log_every: int = 10  # iterations between progress lines (each one is a host-device sync)
     output: str | None = None  # run folder; None -> runs/<preset>-<timestamp>
+    # Step checkpoints (checkpoints/last.pt mid-epoch; docs/training.md "Preemption and resume"). A ViT-S/8 +
+    # 65536-head checkpoint (student, teacher, AdamW moments) is 0.66 GiB and took 8 s to write on a heavily
+    # loaded shared machine: every 15 minutes that is < 1% of a run, and a kill without warning loses <= 15 min.
+    checkpoint_every_steps: int = 0  # also save every N steps (0: off)
+    checkpoint_every_minutes: float = 15.0  # also save when this long has passed since the last save (0: off)
+    max_steps: int | None = None  # stop after this many steps in all; the schedules still span run.epochs
+    stop_signals: list = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])  # finish the step, save, exit 75
+
+
+@dataclass
+class EvalConfig:
+    """The online k-NN monitor (fastdino.eval.online): off unless knn_train and knn_val are set."""
+
+    knn_train: str | None = None  # labelled list (ROOT/<class>/<image> paths, relative to knn_root): memory bank
+    knn_val: str | None = None  # labelled list scored after every knn_every epochs (choose recipes on val, not test)
+    knn_root: str | None = None  # folder the lists are relative to (None: data.path)
+    knn_every: int = 1  # epochs between evaluations; the last epoch is always evaluated
+    knn_bank_size: int = 5000  # stratified subset of knn_train used as the memory bank (0: all of it)
+    knn_k: int = 20  # DINO eval_knn.py defaults: 20 neighbours, vote weight exp(similarity / 0.07)
+    knn_temperature: float = 0.07
+    knn_image_size: int | None = None  # None: the largest global crop (what `fastdino eval` uses)
 
 
 @dataclass
@@ -115,12 +153,13 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
 
 
-SECTIONS = ("model", "data", "optim", "loss", "run")
+SECTIONS = ("model", "data", "optim", "loss", "run", "eval")
 
 
 def scaled_lr(config: Config) -> float:
@@ -135,13 +174,25 @@ _MC = {"model": {"arch": "vit_small", "patch_size": 8, "drop_path_rate": 0.1}, "
        "run": {"epochs": 100, "batch_size": 64}}
 
 PRESETS: dict[str, tuple[str, dict]] = {
-    "dino-mc-vits8": ("DINO-MC paper recipe: ViT-S/8, 2x224 + 6 local crops 184..84 px, K=65536", _MC),
+    # DINO-MC's views, head and optimiser; its authors ran 300 epochs at batch 8 x 4 GPUs on SeCo-100K
+    # (main_dino_mc.py L101, L103; their README): docs/training.md lists what differs.
+    "dino-mc-vits8": ("DINO-MC's views and optimiser on ViT-S/8 (2x224 + 184..84 px, K=65536); 100 ep at batch 64, "
+                      "not the authors' 300 at 32", _MC),
     "dino-mc-vits16": ("DINO-MC recipe on ViT-S/16 (4x fewer tokens than /8)",
                        {**_MC, "model": {**_MC["model"], "patch_size": 16}}),
     "dino-vits16": ("plain DINO: ViT-S/16, 2x224 + 96 px local crops, K=65536",
                     {**_MC, "model": {**_MC["model"], "patch_size": 16}, "augment_preset": "dino"}),
-    "dino-tp-vits8": ("DINO-MC with temporal positives: SeCo layout, global views from different dates",
-                      {**_MC, "data": {"layout": "seco", "temporal": True}}),
+    "dino-tp-vits8": ("DINO-TP: SeCo locations, 3 teacher views from 3 dates drawn with replacement + 6 local crops",
+                      {**_MC, "augment_preset": "dino-tp", "data": {"layout": "seco", "temporal": True}}),
+    # facebookresearch/dino README.md, "ResNet-50 and other convnets trainings": --arch resnet50 --optimizer sgd
+    # --lr 0.03 --weight_decay 1e-4 --weight_decay_end 1e-4 --global_crops_scale 0.14 1 --local_crops_scale 0.05 0.14
+    # on 8 GPUs (x --batch_size_per_gpu 64, main_dino.py L90) for 100 epochs; all else main_dino.py's defaults
+    # (= fastdino's). DINO-MC's six local crop sizes (augment preset dino-mc-resnet50). No drop-path (L176-177).
+    "dino-mc-resnet50": ("DINO's ResNet-50 recipe (SGD, lr 0.03, wd 1e-4, batch 512) with DINO-MC's 6 local sizes",
+                         {"model": {"arch": "resnet50", "patch_size": None, "drop_path_rate": 0.0},
+                          "augment_preset": "dino-mc-resnet50",
+                          "optim": {"name": "sgd", "lr": 0.03, "weight_decay": 1e-4, "weight_decay_end": 1e-4},
+                          "run": {"epochs": 100, "batch_size": 512}}),
     # /16 rather than /8: 4x fewer tokens, so 4 epochs of EuroSAT fit in 30 CPU minutes (docs/eval.md).
     "tiny": ("ViT-Tiny/16, 64 px tiles, out_dim 4096: trains on 2 CPU cores in minutes",
              {"model": {"arch": "vit_tiny", "patch_size": 16, "img_size": 64, "drop_path_rate": 0.0,
@@ -149,9 +200,16 @@ PRESETS: dict[str, tuple[str, dict]] = {
               "augment_preset": "tiny",
               "data": {"num_threads": 1},  # one pipeline thread keeps up with ViT-Tiny on 2 cores (data wait ~1%)
               # 4x DINO's base lr: a few hundred steps at batch 32 barely move at 5e-4 (measured on the demo)
-              "optim": {"lr": 2e-3, "warmup_epochs": 1, "min_lr": 1e-5},
+              # no frozen last layer: in a 4-epoch run the frozen epoch is a quarter of the budget (DINO: 1 of 100);
+              # ahead on EuroSAT val at every epoch in 2 seeds of a 504-step screen (docs/eval.md)
+              "optim": {"lr": 2e-3, "warmup_epochs": 1, "min_lr": 1e-5, "freeze_last_layer": 0},
               "run": {"epochs": 4, "batch_size": 32, "checkpoint_every": 2, "log_every": 5}}),
 }
+# tiny on Sentinel-2 multispectral tiles: every band of the data (EuroSAT-MS's 13, SeCo's 12), in_chans = their
+# count, normalised with `fastdino stats`; multi-band files in EuroSAT-MS's band order (docs/data.md, Multispectral).
+PRESETS["tiny-ms"] = ("tiny on all Sentinel-2 bands (13 of EuroSAT-MS, 12 of SeCo): in_chans = bands, 2 CPU cores",
+                      {**PRESETS["tiny"][1], "data": {**PRESETS["tiny"][1]["data"], "bands": "all",
+                                                      "file_bands": "eurosat-ms"}})
 DEFAULT_PRESET = "tiny"
 
 
@@ -193,6 +251,10 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
         raise ConfigError(f"config file {config_file}: 'augment' must be a mapping of AugmentationSpec fields")
     _merge(cfg["augment"], file_aug, source=f"config file {config_file}", from_cli=False, prefix="augment.")
     _merge(cfg["augment"], cli_aug, source="--set", from_cli=True, prefix="augment.")
+    if cfg["data"]["bands"] is not None:  # multispectral: the spec's bands (and in_chans) follow data.bands
+        from fastdino.multispectral import bands_into_config
+
+        bands_into_config(cfg)
     cfg["augment"] = _complete_augment(cfg["augment"])
     config = config_from_dict(cfg)
     validate(config)
@@ -246,7 +308,7 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 _SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "loss": LossConfig,
-                  "run": RunConfig}
+                  "run": RunConfig, "eval": EvalConfig}
 
 
 def _hints(name: str) -> dict[str, Any]:
@@ -265,7 +327,8 @@ def _read_config_file(path: str | Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping (sections model, data, optim, loss, run, augment)")
+        raise ConfigError(f"config file {path} must hold a mapping (sections model, data, optim, loss, run, eval, "
+                          "augment)")
     return data
 
 
@@ -294,6 +357,8 @@ def _leaf_index(cfg: dict) -> dict[str, list[str]]:
     """leaf name -> dotted keys that end with it (for the short form `--set epochs=3`)."""
     index: dict[str, list[str]] = {}
     for section, value in cfg.items():
+        if section == "preset":  # chosen with --preset, not --set (so not offered as a --set key either)
+            continue
         if isinstance(value, dict) and section != "augment":
             for leaf in value:
                 index.setdefault(leaf, []).append(f"{section}.{leaf}")
@@ -315,6 +380,8 @@ def _parse_overrides(overrides: list[str] | dict | None, cfg: dict) -> dict:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set run.epochs=10")
         key, value = item.split("=", 1)
         key = key.strip()
+        if key == "preset":
+            raise ConfigError("--set preset=...: choose the preset with --preset NAME (see `fastdino presets`)")
         if "." not in key:
             matches = index.get(key, [])
             if len(matches) > 1:
@@ -455,9 +522,12 @@ def _plain(obj: Any) -> Any:
 
 
 _CHOICES = {
+    "optim.name": ("adamw", "sgd"),
     "optim.clip_mode": ("per_param", "global_norm"),
+    "loss.ema_buffers": ("none", "copy", "average"),
     "loss.backend": ("auto", "triton", "torch", "reference"),
     "run.precision": ("auto", "bf16", "fp16", "fp32"),
+    "model.pos_embed_interp": ("timm", "dino"),
 }
 
 
@@ -482,12 +552,26 @@ def validate(config: Config) -> None:
     for key in ("run.epochs", "run.batch_size", "run.checkpoint_every", "run.log_every",
                 "model.out_dim", "model.hidden_dim", "model.bottleneck_dim", "model.nlayers", "model.img_size"):
         need(get(key) > 0, key, "must be > 0")
+    for key in ("eval.knn_every", "eval.knn_k", "eval.knn_temperature"):
+        need(get(key) > 0, key, "must be > 0")
+    need(get("eval.knn_image_size") is None or get("eval.knn_image_size") > 0, "eval.knn_image_size", "must be > 0")
+    need(get("eval.knn_bank_size") >= 0, "eval.knn_bank_size", "must be >= 0 (0: the whole knn_train list)")
     for key in ("optim.lr", "loss.student_temp", "loss.teacher_temp", "loss.warmup_teacher_temp"):
         need(get(key) > 0, key, "must be > 0")
     for key in ("optim.min_lr", "optim.weight_decay", "optim.weight_decay_end", "optim.clip_grad",
                 "optim.warmup_epochs", "optim.freeze_last_layer", "loss.warmup_teacher_temp_epochs", "run.seed",
-                "data.num_threads"):
+                "run.checkpoint_every_steps", "run.checkpoint_every_minutes"):
         need(get(key) >= 0, key, "must be >= 0")
+    threads = get("data.num_threads")
+    need(threads == "auto" or (isinstance(threads, int) and threads >= 0), "data.num_threads",
+         "use auto or a number >= 0")
+    need(get("run.max_steps") is None or get("run.max_steps") > 0, "run.max_steps", "must be > 0 (or null: no cap)")
+    from fastdino.preemption import signal_numbers
+
+    try:
+        signal_numbers(config.run.stop_signals)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     for key in ("loss.center_momentum", "loss.momentum_teacher"):
         need(0 <= get(key) <= 1, key, "must be in [0, 1]")
     need(0 < get("data.subset") <= 1, "data.subset", "must be in (0, 1] (a fraction of the images)")
@@ -498,19 +582,34 @@ def validate(config: Config) -> None:
     need(get("model.attn_backend") in ATTN_BACKENDS, "model.attn_backend", f"choose one of {', '.join(ATTN_BACKENDS)}")
 
     need(get("model.arch") in list_backbones(), "model.arch", f"choose one of {', '.join(list_backbones())}")
+    from fastdino.models.factory import CNNS
+
+    need(not (get("model.arch") in CNNS and get("model.drop_path_rate") > 0), "model.drop_path_rate",
+         f"model.arch={get('model.arch')} is a CNN, which DINO trains without drop-path; set model.drop_path_rate=0")
+    need(get("model.pos_embed_interp") == "timm" or get("model.arch").startswith("vit"), "model.pos_embed_interp",
+         "DINO's interpolation is for ViTs only (their absolute position embedding)")
     dev = get("run.device")
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "run.device",
          "use auto, cpu, cuda or cuda:N")
-    need(not (dev == "cpu" and get("run.precision") == "fp16"), "run.precision",
-         "fp16 needs CUDA (its grad scaler); use fp32 or bf16 on CPU")
     need(get("model.patch_size") is None or get("model.patch_size") > 0, "model.patch_size", "must be > 0")
     if config.data.temporal and config.data.layout not in ("seco", "auto"):
         raise ConfigError(f"data.temporal=True needs SeCo data (data.layout=seco), got {config.data.layout!r}")
+    from fastdino.dataloading.sources import ACQUISITIONS
+
+    need(get("data.acquisitions") in ACQUISITIONS, "data.acquisitions", f"choose one of {', '.join(ACQUISITIONS)}")
+    if config.data.bands is not None or config.augment.get("bands"):
+        from fastdino.multispectral import validate_bands
+
+        validate_bands(config)
     if config.augment:
         try:
             spec = AugmentationSpec.from_dict(config.augment)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"augment: {e}") from None
+        if config.data.temporal != (spec.n_dates > 1):  # DINO-TP needs both: the views' dates and the SeCo sampler
+            raise ConfigError(f"data.temporal={config.data.temporal} but the augmentation cuts views from "
+                              f"{spec.n_dates} date(s) (ViewGroup.date): DINO-TP needs data.temporal=true with "
+                              f"augment_preset=dino-tp; plain DINO / DINO-MC needs data.temporal=false")
         patch = config.model.patch_size
         small = [s for s in spec.view_sizes if config.model.arch.startswith("vit") and patch and s < patch]
         if small:  # a ViT needs at least one patch per view; caught here, not in the first forward

@@ -5,6 +5,9 @@ The teacher is the network DINO evaluates. Its timm model's state dict is writte
     timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=FILE), num_classes=0, **KWARGS)
 
 loads it strictly, offline, with ARCH and KWARGS from the metadata JSON (`FILE.json` beside `FILE.safetensors`).
+The checkpoint may also come from the original DINO / DINO-MC code, or be a bare backbone state dict: it is
+converted to timm's layout first (fastdino.convert) and the metadata records how. The trainer calls
+`export_teacher` at the end of every run, so RUN/exported/ holds the final teacher.
 """
 
 from __future__ import annotations
@@ -20,14 +23,19 @@ import fastdino
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, type=Path, help="fastdino checkpoint (RUN/checkpoints/last.pt)")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="a fastdino checkpoint (RUN/checkpoints/last.pt), a DINO / DINO-MC checkpoint.pth, or a "
+                        "backbone state dict")
     parser.add_argument("--output", type=Path,
                         help="FILE.safetensors (default: RUN/exported/<checkpoint stem>_teacher_backbone.safetensors)")
+    parser.add_argument("--checkpoint-key", choices=["teacher", "student"], default="teacher",
+                        help="which network of a training checkpoint to export (default: the teacher)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        weights, meta_path, meta = export_teacher(args.checkpoint, args.output)
+        weights, meta_path, meta = export_teacher(args.checkpoint, args.output, which=args.checkpoint_key,
+                                                  echo=print)
     except (FileNotFoundError, ValueError) as e:
         print(f"fastdino export: error: {e}", file=sys.stderr)
         return 2
@@ -37,20 +45,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def export_teacher(checkpoint: Path, output: Path | None = None) -> tuple[Path, Path, dict]:
-    """Write the teacher backbone's timm weights and metadata; returns (weights path, metadata path, metadata)."""
+def export_teacher(checkpoint: Path, output: Path | None = None, *, which: str = "teacher",
+                   echo=None) -> tuple[Path, Path, dict]:
+    """Write the teacher (or student) backbone's timm weights and metadata; returns (weights path, metadata path,
+    metadata). echo: called with the conversion report."""
     from safetensors.torch import save_file
 
-    from fastdino.eval.teacher import load_teacher
+    from fastdino.convert import load_backbone
 
     checkpoint = Path(checkpoint)
-    output = Path(output) if output is not None else default_output(checkpoint)
+    output = Path(output) if output is not None else default_output(checkpoint, which)
     if output.suffix != ".safetensors":
         raise ValueError(f"--output {output} must end in .safetensors (timm picks the loader from the suffix)")
-    backbone, config = load_teacher(checkpoint)
+    loaded = load_backbone(checkpoint, which=which)
+    if echo is not None:
+        echo(loaded.conversion.describe())
+    backbone, config = loaded.backbone, loaded.config
     # clone(): safetensors refuses tensors that share storage, and views of a flat EMA buffer do.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in backbone.timm_model.state_dict().items()}
-    meta = metadata(backbone, config, checkpoint, state)
+    meta = metadata(backbone, config, checkpoint, state, loaded.conversion)
     output.parent.mkdir(parents=True, exist_ok=True)
     # Written and checked under a temporary name (still *.safetensors: timm picks its loader by suffix), then
     # renamed: a failed export never leaves a file that looks finished.
@@ -81,7 +94,7 @@ def verify_timm_load(weights: Path, meta: dict, state: dict) -> None:
                            f"did not load {weights} exactly (differing: {wrong[:5]}, missing: {missing[:5]})")
 
 
-def metadata(backbone, config: dict, checkpoint: Path, state: dict) -> dict:
+def metadata(backbone, config: dict, checkpoint: Path, state: dict, conversion=None) -> dict:
     """What a user needs to rebuild and feed the backbone: timm name and kwargs, input, normalisation, provenance."""
     from fastdino.eval.teacher import checkpoint_info
 
@@ -100,16 +113,24 @@ def metadata(backbone, config: dict, checkpoint: Path, state: dict) -> dict:
         "embed_dim": getattr(backbone, "embed_dim", None),
         "num_parameters": sum(v.numel() for v in state.values() if v.is_floating_point()),
         "in_chans": kwargs.get("in_chans", 3),
-        "bands": ["red", "green", "blue"],  # every fastdino source decodes to RGB (SeCo: B4, B3, B2)
+        # RGB sources decode to red, green, blue (SeCo: B4, B3, B2); multispectral runs name their Sentinel-2 bands
+        "bands": list(augment.get("bands") or []) or ["red", "green", "blue"],
         "input_size": max(global_sizes) if global_sizes else None,
-        "normalisation": {"mean": list(augment.get("mean", [])), "std": list(augment.get("std", [])), "scale": 255},
+        # RGB: (pixel / 255 - mean) / std; multispectral: (value - mean) / std in the files' units (scale 1)
+        "normalisation": {"mean": list(augment.get("mean", [])), "std": list(augment.get("std", [])),
+                          "scale": 1 if augment.get("bands") else 255},
         "method": method(config),
         "preset": config.get("preset"),
         "data": {k: config.get("data", {}).get(k) for k in ("path", "list_file", "layout", "subset")},
         "epoch": saved.get("epoch"),
         "iteration": saved.get("iteration"),
         "source_checkpoint": str(checkpoint.resolve()),
-        "fastdino_version": saved.get("fastdino_version", fastdino.__version__),
+        "fastdino_version": saved.get("fastdino_version") or fastdino.__version__,
+        # How the weights were read (fastdino / DINO checkpoint / bare state dict, which network, prefixes) and the
+        # position-embedding interpolation they expect at sizes other than the native img_size (timm's or DINO's).
+        "conversion": {k: v for k, v in conversion.to_dict().items() if k != "path"} if conversion else None,
+        "pos_embed_interp": (conversion.pos_embed_interp if conversion and conversion.arch.startswith("vit")
+                             else None),
     }
 
 
@@ -124,10 +145,10 @@ def metadata_path(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
-def default_output(checkpoint: Path) -> Path:
+def default_output(checkpoint: Path, which: str = "teacher") -> Path:
     # RUN/checkpoints/last.pt -> RUN/exported/last_teacher_backbone.safetensors (the run folder's exported/).
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    return run_dir / "exported" / f"{checkpoint.stem}_teacher_backbone.safetensors"
+    return run_dir / "exported" / f"{checkpoint.stem}_{which}_backbone.safetensors"
 
 
 def loading_snippet(weights: Path, meta: dict) -> str:
@@ -138,7 +159,12 @@ def loading_snippet(weights: Path, meta: dict) -> str:
         f"model = timm.create_model({meta['architecture']!r}, pretrained=True,\n"
         f"                          pretrained_cfg_overlay=dict(file={str(weights.resolve())!r}),\n"
         f"                          num_classes=0{kwargs})\n"
-        f"# input: {meta['in_chans']} x {meta['input_size']} x {meta['input_size']}, pixels / 255, "
-        f"normalised with mean={mean} std={std}\n"
-        "features = model(images)  # [B, embed_dim] CLS features"
+        + (f"# input: {meta['in_chans']} x {meta['input_size']} x {meta['input_size']}, pixels / 255, "
+           f"normalised with mean={mean} std={std}\n" if meta["normalisation"].get("scale", 255) == 255 else
+           f"# input: {meta['in_chans']} bands ({', '.join(meta['bands'])}) x {meta['input_size']} x "
+           f"{meta['input_size']}, values in the files' units, normalised per band with mean={mean} std={std}\n")
+        + "features = model(images)  # [B, embed_dim] CLS features"
+        + ("\n# trained with DINO's position-embedding interpolation: at sizes other than "
+           f"{meta['timm_kwargs'].get('img_size', meta['input_size'])} px timm's own gives other features "
+           "(fastdino's pos_embed_interp='dino' gives DINO's)" if meta.get("pos_embed_interp") == "dino" else "")
     )

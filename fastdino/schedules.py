@@ -25,3 +25,24 @@ def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float, warmu
     """DINO's per-epoch teacher temperature: linear warm-up, then constant."""
     warmup = np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs)
     return np.concatenate((warmup, np.ones(max(nepochs - warmup_teacher_temp_epochs, 0)) * teacher_temp))
+
+
+def schedule_warnings(*, epochs: int, iters_per_epoch: int, warmup_epochs: int, freeze_last_layer: int = 0,
+                      warmup_teacher_temp_epochs: int = 0, max_steps: int | None = None) -> list[str]:
+    """Schedules that make no sense for the run's length, one sentence each (naming the keys and a fix)."""
+    out = []
+    total = epochs * iters_per_epoch
+    if warmup_epochs >= epochs > 0:
+        out.append(f"optim.warmup_epochs={warmup_epochs} >= run.epochs={epochs}: the whole run is the linear lr "
+                   "warm-up, which ends at the peak lr and never decays; train more epochs than the warm-up "
+                   f"(DINO: 10 of 100) or lower optim.warmup_epochs")
+    elif max_steps is not None and max_steps <= warmup_epochs * iters_per_epoch:
+        out.append(f"run.max_steps={max_steps} stops inside the lr warm-up ({warmup_epochs * iters_per_epoch} "
+                   f"steps of the {total}-step schedule of run.epochs={epochs}): the lr only rises")
+    if freeze_last_layer >= epochs > 0:
+        out.append(f"optim.freeze_last_layer={freeze_last_layer} >= run.epochs={epochs}: the head's last layer "
+                   "never trains; lower optim.freeze_last_layer or train longer")
+    if warmup_teacher_temp_epochs > epochs:
+        out.append(f"loss.warmup_teacher_temp_epochs={warmup_teacher_temp_epochs} > run.epochs={epochs}: the "
+                   "teacher temperature never reaches loss.teacher_temp")
+    return out

@@ -1,9 +1,10 @@
 """The DINO / DINO-MC / DINO-TP training loop.
 
 Student and teacher are twins, `nn.ModuleDict(backbone=..., head=...)` with the same keys; the teacher is
-frozen, kept in eval mode and follows the student by EMA. One step: the teacher sees the global views, the
-student sees every view in one packed pass, the DINO loss (with its centre) compares them, then backward,
-clipping, AdamW, EMA. Schedules are arrays indexed by the global iteration (teacher temperature by epoch).
+frozen and follows the student by EMA (parameters only, as DINO; a BatchNorm teacher runs in train mode).
+One step: the teacher sees the global views, the student sees every view in one packed pass, the DINO loss
+(with its centre) compares them, then backward, clipping, AdamW (or DINO's SGD), EMA. Schedules are arrays
+indexed by the global iteration (teacher temperature by epoch).
 
 `build_training(config, ..., reference=False)` builds the models, loss, optimiser and the step function;
 `reference=True` swaps in the readable originals (per-size student loop, reference loss, per-tensor EMA) but
@@ -17,6 +18,7 @@ import json
 import os
 import resource
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +29,11 @@ from torch import nn
 
 import fastdino
 from fastdino import checkpoint as ckpt_io
-from fastdino.config import Config, backbone_kwargs, config_diff, config_from_dict, head_kwargs, save_config, scaled_lr
+from fastdino.config import Config, backbone_kwargs, config_diff, head_kwargs, save_config, scaled_lr
 from fastdino.distributed import SINGLE_PROCESS, DistInfo, all_reduce_mean, cleanup, init_distributed, per_rank_batch
-from fastdino.schedules import cosine_schedule, teacher_temp_schedule
+from fastdino.multi_tensor import group_by_device_and_dtype, scale_each_
+from fastdino.preemption import RunControl, StopSignals, resume_command
+from fastdino.schedules import cosine_schedule, schedule_warnings, teacher_temp_schedule
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,6 +55,9 @@ def resolve_device(config: Config, dist_info: DistInfo = SINGLE_PROCESS) -> torc
             want = f"cuda:{dist_info.local_rank}"
         if torch.device(want).index >= torch.cuda.device_count():
             raise RuntimeError(f"run.device={want!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+        # Make it the current device: Triton launches its kernels, and DALI and torch.cuda calls without an index
+        # run, on the current device, which is cuda:0 in a single process unless set (torchrun ranks set it too).
+        torch.cuda.set_device(torch.device(want))
     return torch.device(want)
 
 
@@ -58,8 +65,6 @@ def resolve_precision(config: Config, device: torch.device) -> str:
     precision = config.run.precision
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("run.precision='fp16' needs CUDA (its grad scaler is CUDA-only here); use fp32 or bf16 on CPU")
     return precision
 
 
@@ -74,12 +79,32 @@ def configure_cpu_threads(config: Config, device: torch.device, dist_info: DistI
         torch.set_num_threads(min(torch.get_num_threads(), budget))
 
 
+def resolve_num_threads(num_threads: int | str, device: torch.device, dist_info: DistInfo = SINGLE_PROCESS) -> int:
+    """data.num_threads: a number is used as given. "auto": on CPU 2, the former fixed default (torch computes on
+    every core there and the pipeline threads mostly wait, see configure_cpu_threads); on CUDA, where the pipeline
+    must feed a GPU, this rank's share of the machine's cores less one for the training process, at most 10 (DINO's
+    DataLoader workers per GPU: main_dino.py, --num_workers default 10)."""
+    if num_threads != "auto":
+        return int(num_threads)
+    if device.type != "cuda":
+        return 2
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or min(dist_info.world_size, torch.cuda.device_count())
+    return max(1, min(10, cores // max(1, local_ranks) - 1))
+
+
 _AMP_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def build_twins(config: Config, device: torch.device) -> tuple[nn.ModuleDict, nn.ModuleDict]:
-    """Student and teacher with identical weights; the teacher takes no gradients and stays in eval mode."""
-    from fastdino.models import DINOHead, create_backbone
+    """Student and teacher with identical weights; the teacher takes no gradients.
+
+    DINO never calls teacher.eval() (main_dino.py L189-211): a BatchNorm teacher normalises with the batch
+    statistics of its own global views (and updates its own running statistics), so the teacher of a model with
+    BatchNorm stays in train mode. Other teachers (ViT, Swin-T) are put in eval mode: DINO's ViT teacher has no
+    stochastic layer (built without drop-path, L166), so both modes compute the same, and eval mode switches off
+    the drop-path modules that fastdino's teacher shares with the student's architecture."""
+    from fastdino.models import DINOHead, create_backbone, has_batchnorms
 
     def make():
         backbone = create_backbone(**backbone_kwargs(config.model))
@@ -88,7 +113,7 @@ def build_twins(config: Config, device: torch.device) -> tuple[nn.ModuleDict, nn
     student, teacher = make().to(device), make().to(device)
     teacher.load_state_dict(student.state_dict())
     teacher.requires_grad_(False)
-    teacher.eval()
+    teacher.train(has_batchnorms(teacher))
     return student, teacher
 
 
@@ -122,9 +147,9 @@ def clip_gradients(params: list[nn.Parameter], clip: float, mode: str) -> None:
     if mode == "global_norm":
         torch.nn.utils.clip_grad_norm_(grads, clip, foreach=True)
         return
-    norms = torch.stack(torch._foreach_norm(grads))
-    coefs = (clip / (norms + 1e-6)).clamp_(max=1.0)
-    torch._foreach_mul_(grads, list(coefs.unbind()))
+    for group in group_by_device_and_dtype(grads):  # fastdino: on CUDA one multi-tensor multiply (scale_each_)
+        norms = torch.stack(torch._foreach_norm(group))
+        scale_each_(group, (clip / (norms + 1e-6)).clamp_(max=1.0))
 
 
 @dataclass
@@ -146,10 +171,14 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
     DINOLoss(backend="reference"), per-tensor EMA loop (the original DINO code paths)."""
     from fastdino.kernels import DINOLoss, FlatEMA
     from fastdino.kernels.reference import reference_ema_update
-    from fastdino.models import MultiCropWrapper, reference_forward_views
+    from fastdino.models import MultiCropWrapper, convert_sync_batchnorm, has_batchnorms, reference_forward_views
 
     precision = resolve_precision(config, device)
     student, teacher = build_twins(config, device)
+    if dist_info.enabled and has_batchnorms(student):
+        # DINO (main_dino.py L196-198): BatchNorm statistics over all ranks, student and teacher. Before FlatEMA,
+        # DDP and the optimiser; the conversion keeps every Parameter and buffer object.
+        student, teacher = convert_sync_batchnorm(student), convert_sync_batchnorm(teacher)
     lc = config.loss
     dino_loss = DINOLoss(config.model.out_dim, n_views, lc.warmup_teacher_temp, lc.teacher_temp,
                          lc.warmup_teacher_temp_epochs, config.run.epochs, lc.student_temp, lc.center_momentum,
@@ -162,10 +191,10 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
             return teacher["head"](reference_forward_views(teacher["backbone"], views))
 
         def ema_update(m):
-            reference_ema_update(student, teacher, m)
+            reference_ema_update(student, teacher, m, buffers=lc.ema_buffers)
     else:
         # FlatEMA re-homes the parameters into flat buffers: build it before the optimiser and DDP see them.
-        ema = FlatEMA(student, teacher)
+        ema = FlatEMA(student, teacher, buffers=lc.ema_buffers)
         ema_update = ema.update
         student_forward = MultiCropWrapper(student["backbone"], student["head"])
         teacher_forward = MultiCropWrapper(teacher["backbone"], teacher["head"])
@@ -177,7 +206,12 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
 
     # fastdino: torch's fused AdamW (one multi-tensor kernel on CUDA, one vectorised loop on CPU: ViT-Tiny + head,
     # 2 cores, torch 2.14: 6-14 ms vs 26-63 ms for the per-tensor default). The reference keeps DINO's default.
-    optimizer = torch.optim.AdamW(param_groups(student), fused=not reference)
+    if config.optim.name == "sgd":  # DINO's --optimizer sgd (main_dino.py L229); lr and wd come from the schedules
+        # torch's default (foreach) SGD on both paths: the fused one fails (torch 2.14) once a parameter gets its
+        # first gradient after the others, as the last layer does after its frozen epoch
+        optimizer = torch.optim.SGD(param_groups(student), lr=0, momentum=0.9)
+    else:
+        optimizer = torch.optim.AdamW(param_groups(student), fused=not reference)
     if not reference:
         ema.check_optimizer(optimizer)  # the optimiser must hold the re-homed parameters
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -219,11 +253,17 @@ def build_loader(config: Config, device: torch.device, dist_info: DistInfo = SIN
     if d.path is None:
         raise ValueError("data.path is not set: pass --data PATH (an image folder, a SeCo root, or the root of "
                          "--data-list), or run `fastdino train` without --data for the generated demo dataset")
-    source = build_source(d.path, list_file=d.list_file, layout=d.layout, subset=d.subset, seed=config.run.seed)
+    source = build_source(d.path, list_file=d.list_file, layout=d.layout, subset=d.subset, seed=config.run.seed,
+                          acquisitions="all" if d.temporal else d.acquisitions)
     spec = AugmentationSpec.from_dict(config.augment)
+    if spec.bands:  # multispectral: the band order of multi-band files (fastdino/multispectral.py)
+        from fastdino.multispectral import attach_file_bands
+
+        attach_file_bands(source, config)
     n_images = len(source.locations) if d.temporal else len(source.paths)
     loader = build_pipeline(source, spec, batch_size=per_rank_batch(config.run.batch_size, dist_info.world_size),
-                            device=device, backend=backend or d.backend, num_threads=d.num_threads,
+                            device=device, backend=backend or d.backend,
+                            num_threads=resolve_num_threads(d.num_threads, device, dist_info),
                             seed=config.run.seed, rank=dist_info.rank, world_size=dist_info.world_size,
                             temporal=d.temporal, strict=d.strict)
     return loader, spec, n_images
@@ -262,9 +302,10 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """Randomness inside the step (drop-path) is a function of (seed, epoch, rank): a resumed run repeats it."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+def _step_seed(seed: int, iteration: int, rank: int) -> int:
+    """Randomness inside the step (drop-path) is a function of (seed, iteration, rank), re-seeded every step: a run
+    resumed at any step, on any number of restarts, repeats it without saving any generator state."""
+    return int(np.random.SeedSequence([seed, iteration, rank]).generate_state(1)[0])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -273,21 +314,29 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, init_from: str | Path | None = None,
           echo: Callable[[str], None] = print, reference: bool = False, max_steps: int | None = None) -> dict:
-    """Train; returns the summary (img/s, peak memory, wall time, final loss). The run folder must be prepared
-    by the caller (cli_train checks that it is empty unless resuming). max_steps stops early (tests)."""
+    """Train; returns the summary (img/s, peak memory, wall time, final loss, skipped images, and `stopped`: the
+    name of the signal that stopped the run early, else None). The run folder must be prepared by the caller
+    (cli_train checks that it is empty unless resuming). max_steps overrides run.max_steps."""
     t_start = time.time()
     dist_info = init_distributed("cuda" if config.run.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        return _train(config, Path(run_dir), dist_info, resume, init_from, echo, reference, max_steps, t_start)
+        # Stop signals only set a flag while training (fastdino.preemption); warning filters set inside are undone.
+        with StopSignals(config.run.stop_signals) as signals, warnings.catch_warnings():
+            return _train(config, Path(run_dir), dist_info, resume, init_from, echo, reference, max_steps, t_start,
+                          signals)
     finally:
         cleanup()
 
 
-def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_steps, t_start) -> dict:
+def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_steps, t_start, signals) -> dict:
     device = resolve_device(config, dist_info)
     configure_cpu_threads(config, device, dist_info)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(run_dir, dist_info.is_main, echo)
+    if config.data.bands is not None:  # multispectral: bands, per-band statistics, in_chans into the config
+        from fastdino.multispectral import resolve_multispectral
+
+        resolve_multispectral(config, echo=log.info)
     if dist_info.is_main:
         save_config(config, run_dir / "config.yaml")
 
@@ -298,13 +347,15 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
     tr = build_training(config, device, n_global=spec.n_global, n_views=spec.n_views, reference=reference,
                         dist_info=dist_info)
     sched = build_schedules(config, ipe)
+    max_steps = config.run.max_steps if max_steps is None else max_steps
+    total = epochs * ipe if max_steps is None else min(epochs * ipe, max_steps)
 
-    start_epoch = 0
+    start_epoch, start_batch, data_state, resumed_losses, skipped = 0, 0, None, [], set()
     if resume:
-        path = ckpt_io.find_latest(run_dir)
-        if path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start without --resume")
-        state = ckpt_io.load_checkpoint(path, map_location=device)
+        # On the CPU whatever the device: torch.set_rng_state takes CPU tensors only, and load_state_dict moves
+        # weights and optimiser state to their parameters' device (DINO's utils.restart_from_checkpoint does
+        # the same). An unreadable last.pt is an error naming the newest readable checkpoint.
+        path, state = ckpt_io.load_latest(run_dir, map_location="cpu")
         for line in config_diff(state["config"], config.to_dict()):
             log.info(f"WARNING: resumed config differs from the checkpoint's: {line}")
         tr.student.load_state_dict(state["student"])
@@ -314,22 +365,19 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
             tr.scaler.load_state_dict(state["scaler"])
         tr.dino_loss.load_state_dict(state["dino_loss"])
         ckpt_io.set_rng_state(state["rng"])
-        start_epoch = state["epoch"]
-        if start_epoch >= epochs:
-            raise ValueError(f"--resume: {path} already finished {start_epoch} epochs of run.epochs={epochs}; "
-                             f"pass --epochs N with N > {start_epoch} to train longer")
-        log.info(f"resumed from {path} at epoch {start_epoch}")
+        start_epoch, start_batch = state["epoch"], state.get("batch", 0)  # checkpoints before 0.2: epoch ends only
+        if start_epoch * ipe + start_batch >= total:
+            raise ValueError(f"--resume: {path} is at step {start_epoch * ipe + start_batch}, the end of this run "
+                             f"(run.epochs={epochs}, run.max_steps={max_steps}); raise --epochs or --max-steps to "
+                             "train longer")
+        data_state = _rank_data_state(state, dist_info, log)
+        resumed_losses, skipped = state.get("epoch_losses", []), set(state.get("skipped_images", []))
+        log.info(f"resumed from {path} at epoch {start_epoch}" + (f", batch {start_batch}" if start_batch else ""))
     elif init_from is not None:
-        state = ckpt_io.load_checkpoint(init_from, map_location=device)
-        old = config_from_dict(state["config"]).model
-        shape_keys = ("arch", "patch_size", "img_size", *head_kwargs(old))  # what the weights' shapes depend on
-        if any(getattr(old, k) != getattr(config.model, k) for k in shape_keys):
-            raise ValueError(f"--init-from {init_from}: its model ({old.arch}/{old.patch_size}, K={old.out_dim}) "
-                             f"is not this run's ({config.model.arch}/{config.model.patch_size}, "
-                             f"K={config.model.out_dim}); set the same model.* keys")
-        tr.student.load_state_dict(state["student"])
-        tr.teacher.load_state_dict(state["teacher"])
-        log.info(f"initialised student and teacher weights from {init_from} (optimiser and schedules start fresh)")
+        # fastdino, DINO / DINO-MC checkpoints or a bare backbone state dict, converted to timm's layout (convert.py)
+        from fastdino.convert import init_twins
+
+        init_twins(init_from, tr.student, tr.teacher, config.model, echo=log.info, bands=config.augment.get("bands"))
 
     world = dist_info.world_size
     n_params = sum(p.numel() for p in tr.student.parameters())
@@ -339,20 +387,38 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
     log.info(f"device {device}, precision {tr.precision}, {world} rank(s); global batch {config.run.batch_size} "
              f"({config.run.batch_size // world} per rank), lr {scaled_lr(config):.3g} "
              f"(= {config.optim.lr:g} x {config.run.batch_size}/256)")
+    o = config.optim
+    for warning in schedule_warnings(epochs=epochs, iters_per_epoch=ipe, warmup_epochs=o.warmup_epochs,
+                                     freeze_last_layer=o.freeze_last_layer, max_steps=max_steps,
+                                     warmup_teacher_temp_epochs=config.loss.warmup_teacher_temp_epochs):
+        log.info(f"WARNING: {warning}")
 
-    done = start_epoch * ipe  # iterations finished
-    total = epochs * ipe if max_steps is None else min(epochs * ipe, max_steps)
+    from fastdino.eval.online import OnlineKNN
+
+    knn = OnlineKNN.from_config(config, device, dist_info)  # the eval.knn_* monitor; None unless configured
+    if knn is not None:
+        log.info(knn.describe())
+
+    done = start_epoch * ipe + start_batch  # iterations finished
+    start_done = done
     images_per_step = config.run.batch_size  # global
     loop_start, windows, last_loss = time.time(), [], float("nan")  # windows: (steps, seconds) per log line
+    loader.skipped_files.update(skipped)  # found before a resume: logged then, not warned about again
+    stop = None
+    control = RunControl(config.run.checkpoint_every_steps, config.run.checkpoint_every_minutes, signals, dist_info)
+    if dist_info.is_main:  # rank 0 writes skipped images to train.log and metrics.jsonl (train() restores this)
+        warnings.filterwarnings("ignore", message="skipping corrupt or unreadable image", category=RuntimeWarning)
     for epoch in range(start_epoch, epochs):
-        loader.set_epoch(epoch)
-        torch.manual_seed(_epoch_seed(config.run.seed, epoch, dist_info.rank))
+        first_batch = start_batch if epoch == start_epoch else 0  # a resume inside this epoch starts later
+        loader.set_epoch(epoch, first_batch, data_state if first_batch else None)
         tr.student.train()
-        window, epoch_losses, data_wait, t_window = [], [], 0.0, time.perf_counter()
+        window, data_wait, t_window = [], 0.0, time.perf_counter()
+        epoch_losses = resumed_losses if first_batch else []
         t_data = time.perf_counter()
-        for i, views in enumerate(loader):
+        for i, views in enumerate(loader, start=first_batch):
             data_wait += time.perf_counter() - t_data
             it = epoch * ipe + i
+            torch.manual_seed(_step_seed(config.run.seed, it, dist_info.rank))
             loss = tr.step(views, float(sched["lr"][it]), float(sched["wd"][it]), float(sched["momentum"][it]), epoch)
             window.append(loss)
             done += 1
@@ -377,47 +443,127 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
                            teacher_temp=float(sched["teacher_temp"][min(epoch, len(sched["teacher_temp"]) - 1)]),
                            img_per_s=images_per_step * len(window) / dt, data_wait=data_wait / dt,
                            peak_mem_gib=peak_memory_gib(device),
-                           eta_s=(time.time() - loop_start) / (done - start_epoch * ipe) * (total - done))
+                           eta_s=(time.time() - loop_start) / (done - start_done) * (total - done))
                 log.metrics(rec)
                 log.info(f"epoch {epoch + 1}/{epochs} it {i + 1}/{ipe}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
                          f"{rec['img_per_s']:.1f} img/s  data {100 * rec['data_wait']:.0f}%  "
                          f"mem {rec['peak_mem_gib']:.2f} GiB  eta {_hms(rec['eta_s'])}")
                 window, data_wait, t_window = [], 0.0, time.perf_counter()
-            if done == total:
+            _log_skipped(loader, skipped, log, epoch, it)
+            decision = control.after_step(done)
+            stop = decision.stop
+            if (decision.save or stop or done == total) and i + 1 < ipe:  # mid-epoch: last.pt at the next batch
+                _save(tr, config, run_dir, dist_info, epoch, done, batch=i + 1, control=control, loader=loader,
+                      epoch_losses=epoch_losses, skipped=skipped)
+            if stop or done == total:
                 break
             t_data = time.perf_counter()
-        log.metrics(dict(type="epoch", epoch=epoch, loss=float(np.mean(epoch_losses)), time=time.time() - t_start))
-        finished = epoch + 1 if i == ipe - 1 else epoch  # a max_steps cut mid-epoch is not a finished epoch
-        if finished == epoch + 1:
-            _save(tr, config, run_dir, dist_info, finished, finished * ipe)
-        if done == total:
+        if i == ipe - 1:  # the epoch is finished (not cut by max_steps or a stop)
+            log.metrics(dict(type="epoch", epoch=epoch, loss=float(np.mean(epoch_losses)), time=time.time() - t_start))
+            _save(tr, config, run_dir, dist_info, epoch + 1, done, control=control, loader=loader, skipped=skipped)
+            if knn is not None and knn.due(epoch + 1, epochs):  # a collective: every rank evaluates a share
+                log.metrics(rec := knn.evaluate(tr.teacher["backbone"], epoch=epoch, iteration=done - 1))
+                log.info(knn.format(rec, epochs))
+        if stop or done == total:
             break
+    control.close()
+    skipped = _all_skipped(control, loader, skipped, log)
 
     wall = time.time() - t_start
     timed = windows[1:] or windows  # the first window holds the warm-up (allocator, compile, workers starting)
     img_per_s = images_per_step * sum(n for n, _ in timed) / max(sum(t for _, t in timed), 1e-9)
     summary = dict(type="summary", img_per_s=img_per_s,
                    peak_mem_gib=peak_memory_gib(device), wall_s=wall, steps=done, final_loss=last_loss,
-                   device=str(device), world_size=world)
+                   device=str(device), world_size=world, skipped_images=len(skipped),
+                   stopped=stop.name if stop else None)
     log.metrics(summary)
+    skipped_note = f"; {len(skipped)} corrupt or unreadable image(s) skipped (listed in train.log)" if skipped else ""
+    if stop:
+        position = f"{i + 1} of {ipe} batches done" if i + 1 < ipe else "its last batch done"
+        position = f"epoch {epoch + 1}/{epochs}, {position}"
+        log.info(f"stopped by {stop.name} after step {done} ({position}); state saved in "
+                 f"{ckpt_io.checkpoint_dir(run_dir) / ckpt_io.LAST}{skipped_note}. Resume with:\n"
+                 f"  {resume_command(run_dir)}")
+        return summary
     if dist_info.is_main:
         from fastdino.viz import plot_curves
 
         log.info(f"plots: {plot_curves(run_dir, run_dir / 'plots' / 'curves.png')}")
+        log.info(_export_final(run_dir))
     log.info(f"done: {done} steps, {summary['img_per_s']:.1f} img/s (global, after the first log window), "
-             f"peak memory {summary['peak_mem_gib']:.2f} GiB, wall time {_hms(wall)}; run folder {run_dir}")
+             f"peak memory {summary['peak_mem_gib']:.2f} GiB, wall time {_hms(wall)}; run folder {run_dir}"
+             f"{skipped_note}")
     return summary
 
 
-def _save(tr: Training, config: Config, run_dir: Path, dist_info: DistInfo, epoch: int, iteration: int) -> None:
-    """last.pt after every epoch (resume granularity), epoch_NNNN.pt every checkpoint_every and at the end."""
+def _export_final(run_dir: Path) -> str:
+    """RUN/exported/: the teacher backbone of checkpoints/last.pt as timm safetensors + metadata JSON, through
+    fastdino/export.py (rank 0; seconds). A failure is reported, not raised: the checkpoints are intact and
+    `fastdino export` can redo it."""
+    from fastdino.export import export_teacher
+
+    last = ckpt_io.checkpoint_dir(run_dir) / ckpt_io.LAST
+    if not last.is_file():
+        return "exported: nothing (no epoch finished, so no checkpoint to export)"
+    try:
+        weights, meta_path, meta = export_teacher(last)
+    except Exception as e:  # noqa: BLE001 - any failure here must not turn a finished run into a failed one
+        return f"WARNING: exporting {last} failed ({type(e).__name__}: {e}); retry with fastdino export --checkpoint"
+    return f"exported: {weights} and {meta_path.name} (teacher backbone after epoch {meta['epoch']}, timm layout)"
+
+
+def _rank_data_state(state: dict, dist_info: DistInfo, log: RunLog) -> dict | None:
+    """This rank's pipeline state from a mid-epoch checkpoint (one entry per rank), if it fits this world."""
+    per_rank = state.get("data")
+    if not per_rank:
+        return None
+    if len(per_rank) != dist_info.world_size:
+        log.info(f"WARNING: the checkpoint was written by {len(per_rank)} rank(s), this run has "
+                 f"{dist_info.world_size}: the rest of epoch {state['epoch']} sees other images and views than an "
+                 "uninterrupted run would (the epochs after it are unaffected)")
+        return None
+    return per_rank[dist_info.rank]
+
+
+def _log_skipped(loader, logged: set[str], log: RunLog, epoch: int, it: int) -> None:
+    """Images the pipeline skipped as corrupt since the last call: one line each in train.log and metrics.jsonl."""
+    if len(loader.skipped_files) > len(logged):  # a set-size check per step: cheap
+        for f in sorted(set(loader.skipped_files) - logged):
+            log.info(f"WARNING: skipped corrupt or unreadable image {f} (epoch {epoch}, step {it}); "
+                     "data.strict=true stops on it instead")
+            log.metrics(dict(type="skipped_image", file=f, epoch=epoch, iteration=it))
+            logged.add(f)
+
+
+def _all_skipped(control: RunControl, loader, logged: set[str], log: RunLog) -> set[str]:
+    """The union over ranks of the skipped images (rank 0 logs the ones only other ranks saw)."""
+    per_rank = control.gather(sorted(set(loader.skipped_files) | logged))
+    if per_rank is None:
+        return logged
+    union = set().union(*per_rank)
+    for f in sorted(union - logged):
+        log.info(f"WARNING: skipped corrupt or unreadable image {f} (on another rank)")
+        log.metrics(dict(type="skipped_image", file=f))
+    return union
+
+
+def _save(tr: Training, config: Config, run_dir: Path, dist_info: DistInfo, epoch: int, iteration: int, *,
+          batch: int = 0, control: RunControl, loader, epoch_losses: list[float] | None = None,
+          skipped: set[str] = frozenset()) -> None:
+    """last.pt (the one it replaces kept as previous.pt) at position (epoch, batch): after every epoch (batch 0),
+    and mid-epoch for step checkpoints and stops. epoch_NNNN.pt every checkpoint_every epochs and at the end.
+    Every rank calls it (the pipelines' states and skipped images are gathered to rank 0, which writes)."""
+    per_rank = control.gather((loader.state_dict() if batch else None, sorted(set(loader.skipped_files) | skipped)))
+    control.saved()
     if not dist_info.is_main:
         return
     state = dict(config=config.to_dict(), student=tr.student.state_dict(), teacher=tr.teacher.state_dict(),
                  optimizer=tr.optimizer.state_dict(), scaler=tr.scaler.state_dict(),
-                 dino_loss=tr.dino_loss.state_dict(), epoch=epoch, iteration=iteration, rng=ckpt_io.rng_state(),
+                 dino_loss=tr.dino_loss.state_dict(), epoch=epoch, batch=batch, iteration=iteration,
+                 data=[d for d, _ in per_rank] if batch else None, epoch_losses=list(epoch_losses or []),
+                 skipped_images=sorted(set().union(*(s for _, s in per_rank))), rng=ckpt_io.rng_state(),
                  fastdino_version=fastdino.__version__)
     folder = ckpt_io.checkpoint_dir(run_dir)
-    ckpt_io.save_checkpoint(state, folder / ckpt_io.LAST)
-    if epoch % config.run.checkpoint_every == 0 or epoch == config.run.epochs:
+    ckpt_io.save_last(state, folder)
+    if batch == 0 and (epoch % config.run.checkpoint_every == 0 or epoch == config.run.epochs):
         ckpt_io.save_checkpoint(state, folder / ckpt_io.epoch_checkpoint_name(epoch))

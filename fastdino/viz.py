@@ -2,8 +2,9 @@
 
 attention: the last block's CLS-to-patch attention of the teacher, one panel per head (plus their mean),
            each overlaid on the image, in one PNG grid whose size follows from the panel size.
-curves:    RUN/metrics.jsonl -> loss, learning rate (and weight decay), teacher momentum and teacher
-           temperature against the iteration. `plot_curves(run_dir, out_png)` is what the trainer calls.
+curves:    RUN/metrics.jsonl -> loss (with the online k-NN accuracy when the run logged it), learning rate
+           (and weight decay), teacher momentum and teacher temperature against the iteration.
+           `plot_curves(run_dir, out_png)` is what the trainer calls.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ CURVES = (  # (metrics.jsonl key, panel title, log scale)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
     att = sub.add_parser("attention", help="last-block CLS attention per head, overlaid on an image")
-    att.add_argument("--checkpoint", required=True, type=Path, help="a fastdino checkpoint (RUN/checkpoints/last.pt)")
-    att.add_argument("--image", required=True, type=Path, help="the image to look at")
+    att.add_argument("--checkpoint", required=True, type=Path,
+                     help="a fastdino checkpoint (RUN/checkpoints/last.pt), a DINO / DINO-MC one, or a state dict")
+    att.add_argument("--image", required=True, type=Path,
+                     help="the image to look at (multispectral checkpoints: a multi-band TIFF or .npy, drawn as an "
+                     "RGB composite of B4, B3, B2)")
     att.add_argument("--output", type=Path, help="PNG (default: RUN/plots/attention_<image stem>.png)")
     att.add_argument("--image-size", type=int, help="backbone input size (default: the config's global crop)")
     att.add_argument("--panel-size", type=int, default=192, help="side of each panel in the grid, in px")
@@ -65,13 +69,24 @@ def attention_figure(
 
     if not Path(checkpoint).exists():  # checked before the image, so each error names its own option
         raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist (expected RUN/checkpoints/last.pt)")
-    picture = load_image(image).convert("RGB")
+    if not Path(image).is_file():
+        raise FileNotFoundError(f"--image {image} does not exist")
     backbone, config = load_teacher(checkpoint)
     if not hasattr(backbone, "last_cls_attention"):
         raise ValueError(f"arch {config.get('model', {}).get('arch')!r} has no attention maps: only ViT backbones do")
-    transform = EvalTransform.from_config(config, image_size)
+    from fastdino.dataloading.multispectral import prepared_root
+
+    transform = EvalTransform.from_config(config, image_size, prepared_root(image))
+    if hasattr(transform, "load"):  # multispectral: the model sees every band; the picture is B4, B3, B2
+        from fastdino.dataloading.multispectral import rgb_composite
+
+        bands = transform.load(image)
+        picture, model_input = Image.fromarray(rgb_composite(bands, transform.bands)), transform(bands)
+    else:
+        picture = load_image(image).convert("RGB")
+        model_input = transform(picture)
     with torch.no_grad():
-        attn = backbone.eval().last_cls_attention(transform(picture)[None])[0]  # [heads, h, w]
+        attn = backbone.eval().last_cls_attention(model_input[None])[0]  # [heads, h, w]
     shown = picture.resize((transform.size, transform.size), Image.BICUBIC)  # what the backbone saw
     grid = attention_grid(shown, attn, panel_size)
     if output is None:
@@ -127,8 +142,9 @@ def grid_size(n_panels: int, panel_size: int, cols: int) -> tuple[int, int]:
 
 
 # --- curves ----------------------------------------------------------------------------------------------
-def read_metrics(path: Path) -> list[dict]:
-    """The step records of a metrics.jsonl; unreadable lines (a run killed mid-write) are skipped with a warning."""
+def read_metrics(path: Path, kind: str = "step") -> list[dict]:
+    """The records of one type ("step", or "knn" from the online k-NN monitor) of a metrics.jsonl; unreadable
+    lines (a run killed mid-write) are skipped with a warning."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {path.parent} a fastdino run folder?")
@@ -141,7 +157,7 @@ def read_metrics(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             bad += 1
             continue
-        if isinstance(record, dict) and record.get("type", "step") == "step":
+        if isinstance(record, dict) and record.get("type", "step") == kind:
             records.append(record)
     if bad:
         print(f"warning: skipped {bad} unreadable line(s) of {path}", file=sys.stderr)
@@ -159,9 +175,13 @@ def plot_curves(run_dir: str | Path, out_png: str | Path, *, dpi: int = 100) -> 
     records = read_metrics(run_dir / "metrics.jsonl")
     if not records:
         raise ValueError(f"{run_dir / 'metrics.jsonl'} has no step records to plot")
+    knn = read_metrics(run_dir / "metrics.jsonl", "knn") if records else []
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), dpi=dpi)
     for ax, (key, title, log) in zip(axes.flat, CURVES, strict=True):
         _plot_key(ax, records, key, title, log)
+        if key == "loss" and knn:  # the online k-NN monitor's accuracy, on the loss's iteration axis
+            _plot_key(ax.twinx(), knn, "knn_top1", "", False, color="tab:green", label="k-NN top-1 (%)", marker="o")
+            ax.set_title("DINO loss (blue), online k-NN top-1 % (green)")
         if key == "lr" and any(_number(r.get("wd")) is not None for r in records):
             _plot_key(ax.twinx(), records, "wd", "", False, color="tab:orange", label="weight decay")
             ax.set_title("learning rate (blue), weight decay (orange)")
@@ -174,7 +194,7 @@ def plot_curves(run_dir: str | Path, out_png: str | Path, *, dpi: int = 100) -> 
     return out_png
 
 
-def _plot_key(ax, records, key, title, log, color="tab:blue", label=None):
+def _plot_key(ax, records, key, title, log, color="tab:blue", label=None, marker=None):
     points = [(_x(r, i), _number(r.get(key))) for i, r in enumerate(records)]
     points = [(x, y) for x, y in points if y is not None]
     if title:
@@ -184,7 +204,7 @@ def _plot_key(ax, records, key, title, log, color="tab:blue", label=None):
         ax.text(0.5, 0.5, f"no '{key}' in metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
         return
     xs, ys = zip(*points, strict=True)
-    ax.plot(xs, ys, color=color, label=label, marker="." if len(xs) < 20 else None)
+    ax.plot(xs, ys, color=color, label=label, marker=marker or ("." if len(xs) < 20 else None))
     if log and all(y > 0 for y in ys):
         ax.set_yscale("log")
     ax.grid(alpha=0.3)

@@ -2,7 +2,11 @@
 with the readable originals in fastdino.kernels.reference.
 
 To run the Triton kernels on a CPU through the interpreter, set TRITON_INTERPRET=1 before this
-package is imported (Triton reads it when the kernels are defined).
+package is imported (Triton reads it when the kernels are defined). `python -m fastdino.kernels.aot`
+compiles every kernel for real GPUs without one.
+
+The package imports nothing else of fastdino (torch, triton and numpy only), so the folder can be
+copied into other DINO code under any package name.
 """
 
 from .ema import FlatEMA

@@ -5,7 +5,10 @@ After every optimiser step DINO moves the teacher towards the student:
     teacher <- m * teacher + (1 - m) * student        (m per iteration: cosine 0.996 -> 1,
                                                        fastdino.schedules.cosine_schedule(0.996, 1.0, epochs, iters))
 
-and copies the student's floating-point buffers (BatchNorm running statistics) into the teacher.
+Parameters only, as DINO's loop (main_dino.py L346-350: `zip(student.module.parameters(),
+teacher_without_ddp.parameters())`): a BatchNorm teacher keeps the running statistics of its own train-mode
+forwards. `buffers="copy"` copies the student's floating-point buffers into the teacher instead, and
+`buffers="average"` moves them by the same EMA (integer buffers such as `num_batches_tracked` are never touched).
 The original code (`reference.reference_ema_update`) loops over every parameter tensor: a few hundred
 small kernels and temporaries per step. `FlatEMA` re-homes each model's floating-point parameters
 into one contiguous buffer per (dtype, device), in the same order for both models, and turns every
@@ -21,7 +24,7 @@ to the exact value). Under TRITON_INTERPRET=1 the final bf16 conversion truncate
 
 Usage contract (what the trainer relies on):
     teacher = copy.deepcopy(student)            # same architecture, on the same device and dtypes
-    ema = FlatEMA(student, teacher)             # BEFORE building the optimiser and wrapping in DDP
+    ema = FlatEMA(student, teacher)             # AFTER SyncBatchNorm conversion, BEFORE the optimiser and DDP
     student = DistributedDataParallel(student)  # optional
     optimizer = torch.optim.AdamW(...)          # ema.check_optimizer(optimizer) verifies it
     ... each step, after optimizer.step(): ema.update(momentum_schedule[it])
@@ -43,7 +46,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from .reference import reference_ema_update
+from .reference import EMA_BUFFERS, reference_ema_update
 from .utils import BACKENDS, interpreting, resolve_backend
 
 
@@ -233,14 +236,18 @@ class FlatEMA:
     student, teacher: modules of the same architecture (DDP / torch.compile wrappers are unwrapped), with
     the same parameter names, shapes, dtypes and devices. All floating-point parameters are re-homed,
     frozen ones (requires_grad=False) included. backend: "auto" (Triton for CUDA buffers, torch
-    otherwise), "triton", "torch" or "reference" (the per-tensor loop, for comparisons).
+    otherwise), "triton", "torch" or "reference" (the per-tensor loop, for comparisons). buffers: what
+    happens to the floating-point buffers (BatchNorm running statistics): "none" (DINO: the teacher's stay its
+    own), "copy" (the student's are copied in) or "average" (the same EMA as the parameters).
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, backend: str = "auto"):
+    def __init__(self, student: nn.Module, teacher: nn.Module, backend: str = "auto", buffers: str = "none"):
         self.student, self.teacher = _unwrap(student), _unwrap(teacher)
         if backend not in BACKENDS:
             raise ValueError(f"FlatEMA: backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend = backend
+        if buffers not in EMA_BUFFERS:
+            raise ValueError(f"FlatEMA: buffers must be one of {EMA_BUFFERS}, got {buffers!r}")
+        self.backend, self.buffers = backend, buffers
         s_named = [(n, p) for n, p in self.student.named_parameters() if p.dtype.is_floating_point]
         t_named = [(n, p) for n, p in self.teacher.named_parameters() if p.dtype.is_floating_point]
         _check_twins("parameter", s_named, t_named)
@@ -292,8 +299,8 @@ class FlatEMA:
 
     @torch.no_grad()
     def update(self, momentum: float) -> None:
-        """teacher <- momentum * teacher + (1 - momentum) * student over every flat buffer, then copy the
-        student's floating-point buffers into the teacher. Call after each optimiser step."""
+        """teacher <- momentum * teacher + (1 - momentum) * student over every flat buffer; the floating-point
+        buffers as `buffers` says (by default untouched). Call after each optimiser step."""
         momentum = float(momentum)  # accepts numpy scalars from a schedule array
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"FlatEMA.update: momentum must be in [0, 1], got {momentum}")
@@ -301,7 +308,7 @@ class FlatEMA:
         if self._data_ptrs() != self._expected_ptrs:
             self.verify()
         if self.backend == "reference":
-            reference_ema_update(self.student, self.teacher, momentum)
+            reference_ema_update(self.student, self.teacher, momentum, buffers=self.buffers)
             return
         for g in self.groups:
             if g.backend == "triton":
@@ -310,8 +317,11 @@ class FlatEMA:
                 if g.scratch is None:
                     g.scratch = torch.empty(scratch_size(g.teacher.numel(), g.device), dtype=g.dtype, device=g.device)
                 ema_update_torch(g.teacher, g.student, momentum, g.scratch)
-        if self._teacher_buffers:
+        if self._teacher_buffers and self.buffers == "copy":
             torch._foreach_copy_(self._teacher_buffers, self._student_buffers)
+        elif self._teacher_buffers and self.buffers == "average":  # the reference's roundings, buffer by buffer
+            torch._foreach_mul_(self._teacher_buffers, momentum)
+            torch._foreach_add_(self._teacher_buffers, torch._foreach_mul(self._student_buffers, 1.0 - momentum))
 
     def verify(self) -> None:
         """Raise RuntimeError unless every parameter of both models is still the recorded view of its flat
@@ -358,4 +368,4 @@ class FlatEMA:
     def __repr__(self) -> str:
         parts = ", ".join(f"{g.dtype}@{g.device}: {len(g.names)} params, {g.teacher.numel()} elements, {g.backend}"
                           for g in self.groups)
-        return f"FlatEMA({parts})"
+        return f"FlatEMA({parts}; buffers={self.buffers})"

@@ -18,24 +18,42 @@ and the gradient of the loss with respect to the student logits is
 
 No [V*B, K] intermediate is needed: one pass over S and T gives the statistics (the running maxima and
 sums of the online softmax of every row, <e_g, S_sum> and <e_g, s_g> with e_g the teacher's running
-unnormalised softmax), a second pass writes the gradient. The gradient is computed in the forward
-(Liger-Kernel's cross-entropy trick) and only scaled in the backward. The teacher gets no gradient, as
-in DINO where it runs under no_grad.
+unnormalised softmax), a second pass writes the gradient. The teacher gets no gradient, as in DINO where it
+runs under no_grad.
 
-In place (default): when the student logits are an intermediate result (not a leaf tensor), the
-gradient is written into their memory, as Liger-Kernel does. On 2 CPU cores the first touch of a fresh
-[V*B, K] fp32 tensor costs more than all the arithmetic, and on a GPU it saves the [V*B, K] buffer.
-`student_output` holds the gradient afterwards; its version counter is bumped, so autograd raises
-instead of computing a wrong gradient if another op saved it for its backward. Pass inplace=False to
-keep the logits.
+When the gradient is computed depends on the logits' dtype:
+- fp32 and bf16: in the forward, while the row is in registers (Liger-Kernel's cross-entropy trick); the
+  backward multiplies it by grad_output (skipped on the device when grad_output is 1).
+- fp16: in the backward. Under DINO's fp16 recipe (`--use_fp16 true`, facebookresearch/dino main_dino.py L78;
+  `fp16_scaler.scale(loss).backward()`, L337) the unscaled gradient entries at K=65536 are ~1e-7 to 1e-5, below
+  fp16's smallest normal number (6.1e-5): rounded to fp16 before the scaler's factor arrives they lose most of
+  their bits or flush to zero. So the forward keeps only per-row statistics (the student rows' log-sum-exp and
+  the teacher rows' softmax max and 1/sum, a few floats per row) and a copy of the centre ([K] fp32), and the
+  backward computes grad_output * gradient in fp32 and rounds it to fp16 once, as the reference's autograd does.
+  The costs: the teacher logits stay alive until the backward (DINO's loop holds them anyway) and the backward
+  reads T once more.
+
+In place (default): when the student logits are an intermediate result (not a leaf tensor, not a view), the
+gradient is written into their memory, as Liger-Kernel does: during the forward (fp32, bf16) or the backward
+(fp16). On 2 CPU cores the first touch of a fresh [V*B, K] fp32 tensor costs more than all the arithmetic, and
+on a GPU it saves the [V*B, K] buffer. `student_output` holds the gradient afterwards; its version counter is
+bumped, so autograd raises instead of computing a wrong gradient if another op saved it for its backward. Pass
+inplace=False to keep the logits.
 
 Centre: c <- m * c + (1 - m) * allreduce(sum of the raw rows of T) / (G * B * world_size), after the
-loss, as in DINO. The column sum comes out of the statistics pass (Triton) or one sum over T (torch).
+loss, as in DINO. The column sum is one more kernel over T (Triton) or one sum over T (torch).
+
+Repeatable: no float atomics and no host-device sync. Every sum is taken in a fixed order (the column sum by
+one program per column block, rows in order; the per-image losses by one sum), so a run gives the same bits
+every time, and the backward reads grad_output on the device.
 
 Triton layout: programs (b, split) cover image b and a contiguous range of K, so that B * n_splits
 programs fill the GPU. Pass 1 (`_dino_loss_stats_kernel`) stores each program's partial statistics;
 pass 2 (`_dino_loss_fwd_kernel`) merges the splits' statistics (the usual max / rescaled-sum merge),
-writes the gradient of its range and, for split 0, the loss of image b.
+writes the loss of image b (split 0) and either the gradient of its range (fp32, bf16) or the merged per-row
+statistics (fp16), which `_dino_loss_bwd_kernel` turns into the gradient in the backward.
+`_column_sum_kernel` sums T's columns; `_scale_by_grad_output_kernel` is the backward's multiply.
+`kernels/aot.py` compiles every launch configuration ahead of time for real GPUs (no GPU needed).
 """
 
 from __future__ import annotations
@@ -43,13 +61,12 @@ from __future__ import annotations
 import math
 import operator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import triton
 import triton.language as tl
 from torch import nn
-
-from fastdino.schedules import teacher_temp_schedule
 
 from .reference import reference_dino_loss
 from .utils import BACKENDS, calculate_settings, resolve_backend
@@ -65,6 +82,14 @@ _LOCAL_MAX = tl.constexpr(6)  # online log-sum-exp of the local student rows
 _LOCAL_SUM = tl.constexpr(7)
 N_STATS_SLOTS = 8
 _N_SLOTS = tl.constexpr(N_STATS_SLOTS)
+
+# Slots of the merged per-image row statistics that pass 2 keeps for the deferred (fp16) backward.
+_ROW_LSE_GLOBAL = tl.constexpr(0)  # log-sum-exp of s_g, g < G
+_ROW_LSE_LOCAL = tl.constexpr(1)  # log-sum-exp of s_v, v >= G
+_ROW_TEACHER_MAX = tl.constexpr(2)  # max of (T_g - c) / tau_t
+_ROW_TEACHER_INV_SUM = tl.constexpr(3)  # 1 / sum of exp(... - max)
+N_ROW_SLOTS = 4
+_N_ROW_SLOTS = tl.constexpr(N_ROW_SLOTS)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -84,10 +109,10 @@ def _online_softmax_update(m, d, x):
 
 @triton.jit
 def _dino_loss_stats_kernel(
-    S_ptr, S_row_stride, T_ptr, T_row_stride, C_ptr, Stats_ptr, Colsum_ptr,
+    S_ptr, S_row_stride, T_ptr, T_row_stride, C_ptr, Stats_ptr,
     B, n_cols, cols_per_split, inv_student_temp, inv_teacher_temp,
     N_GLOBAL: tl.constexpr, N_LOCAL: tl.constexpr, G_PAD: tl.constexpr, L_PAD: tl.constexpr,
-    STATS_WIDTH: tl.constexpr, COMPUTE_CENTER: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    STATS_WIDTH: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
     """Pass 1, program (b, split): partial statistics of image b over columns [start, end)."""
     b = tl.program_id(0).to(tl.int64)
@@ -123,8 +148,6 @@ def _dino_loss_stats_kernel(
         sl = tl.load(sl_rows + cols[None, :], mask=l_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
         sg = sg * inv_student_temp
         sl = sl * inv_student_temp
-        if COMPUTE_CENTER:
-            tl.atomic_add(Colsum_ptr + cols, tl.sum(t_raw, 0), mask=c_ok)
 
         t = tl.where(c_ok[None, :], (t_raw - c[None, :]) * inv_teacher_temp, float("-inf"))
         t_max, t_sum, alpha, e = _online_softmax_update(t_max, t_sum, t)
@@ -164,14 +187,54 @@ def _merge_max_sum(m, d, r_ok):
 
 
 @triton.jit
+def _write_gradient(S_ptr, S_row_stride, T_ptr, T_row_stride, C_ptr, dS_ptr, dS_row_stride, B, b, start, end,
+                    lse_g, lse_l, t_max, inv_t_sum, inv_student_temp, inv_teacher_temp, grad_scale,
+                    N_GLOBAL: tl.constexpr, N_LOCAL: tl.constexpr, G_PAD: tl.constexpr, L_PAD: tl.constexpr,
+                    BLOCK_SIZE: tl.constexpr):
+    """dS of the student rows of image b over columns [start, end): grad_scale * (n_v p_v - Q + [v < G] q_v),
+    computed in fp32 and rounded once to dS's dtype. dS may be S itself (each block is read before it is written)."""
+    g = tl.arange(0, G_PAD)
+    g_ok = g < N_GLOBAL
+    loc = tl.arange(0, L_PAD)
+    l_ok = loc < N_LOCAL
+    t_rows = T_ptr + (g * B + b)[:, None] * T_row_stride
+    sg_rows = (g * B + b)[:, None]
+    sl_rows = ((N_GLOBAL + loc) * B + b)[:, None]
+    g_mask = g_ok[:, None]
+    l_mask = l_ok[:, None]
+    for k0 in range(start, end, BLOCK_SIZE):
+        cols = k0 + tl.arange(0, BLOCK_SIZE)
+        c_ok = cols < end
+        c = tl.load(C_ptr + cols, mask=c_ok, other=0.0).to(tl.float32)
+        t = tl.load(t_rows + cols[None, :], mask=g_mask & c_ok[None, :], other=0.0).to(tl.float32)
+        q = tl.exp((t - c[None, :]) * inv_teacher_temp - t_max[:, None]) * inv_t_sum[:, None]
+        q = tl.where(g_mask, q, 0.0)
+        big_q = tl.sum(q, 0)
+
+        sg = tl.load(S_ptr + sg_rows * S_row_stride + cols[None, :], mask=g_mask & c_ok[None, :], other=0.0)
+        p = tl.exp(sg.to(tl.float32) * inv_student_temp - lse_g[:, None])
+        grad = ((N_GLOBAL - 1) * p - big_q[None, :] + q) * grad_scale
+        tl.store(dS_ptr + sg_rows * dS_row_stride + cols[None, :], grad.to(dS_ptr.dtype.element_ty),
+                 mask=g_mask & c_ok[None, :])
+
+        sl = tl.load(S_ptr + sl_rows * S_row_stride + cols[None, :], mask=l_mask & c_ok[None, :], other=0.0)
+        p = tl.exp(sl.to(tl.float32) * inv_student_temp - lse_l[:, None])
+        grad = (N_GLOBAL * p - big_q[None, :]) * grad_scale
+        tl.store(dS_ptr + sl_rows * dS_row_stride + cols[None, :], grad.to(dS_ptr.dtype.element_ty),
+                 mask=l_mask & c_ok[None, :])
+
+
+@triton.jit
 def _dino_loss_fwd_kernel(
-    S_ptr, S_row_stride, T_ptr, T_row_stride, C_ptr, Stats_ptr, dS_ptr, dS_row_stride, Loss_ptr,
+    S_ptr, S_row_stride, T_ptr, T_row_stride, C_ptr, Stats_ptr, dS_ptr, dS_row_stride, Loss_ptr, RowStats_ptr,
     B, n_cols, cols_per_split, inv_student_temp, inv_teacher_temp, loss_scale, grad_scale,
     N_GLOBAL: tl.constexpr, N_LOCAL: tl.constexpr, G_PAD: tl.constexpr, L_PAD: tl.constexpr,
-    STATS_WIDTH: tl.constexpr, SPLIT_PAD: tl.constexpr, COMPUTE_GRAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    STATS_WIDTH: tl.constexpr, SPLIT_PAD: tl.constexpr, COMPUTE_GRAD: tl.constexpr, SAVE_ROW_STATS: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
 ):
     """Pass 2, program (b, split): merge the splits' statistics of image b, write the loss of image b
-    (split 0) and the gradient of the student rows of image b over this split's columns."""
+    (split 0) and either the gradient of the student rows of image b over this split's columns (COMPUTE_GRAD)
+    or, for the deferred backward, the merged row statistics (SAVE_ROW_STATS, split 0)."""
     b = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     n_splits = tl.num_programs(1)
@@ -204,40 +267,81 @@ def _dino_loss_fwd_kernel(
         per_global = (N_GLOBAL - 1) * lse_g - (cross - diag) * inv_t_sum
         loss = tl.sum(tl.where(g_ok, per_global, 0.0), 0) + tl.sum(tl.where(l_ok, N_GLOBAL * lse_l, 0.0), 0)
         tl.store(Loss_ptr + b, loss * loss_scale)
+        if SAVE_ROW_STATS:
+            rows = RowStats_ptr + b * (_N_ROW_SLOTS * STATS_WIDTH)
+            tl.store(rows + _ROW_LSE_GLOBAL * STATS_WIDTH + g, lse_g, mask=g_ok)
+            tl.store(rows + _ROW_LSE_LOCAL * STATS_WIDTH + loc, lse_l, mask=l_ok)
+            tl.store(rows + _ROW_TEACHER_MAX * STATS_WIDTH + g, t_max, mask=g_ok)
+            tl.store(rows + _ROW_TEACHER_INV_SUM * STATS_WIDTH + g, inv_t_sum, mask=g_ok)
 
     if COMPUTE_GRAD:
         start = split * cols_per_split
         end = tl.minimum(start + cols_per_split, n_cols)
-        t_rows = T_ptr + (g * B + b)[:, None] * T_row_stride
-        sg_rows = (g * B + b)[:, None]
-        sl_rows = ((N_GLOBAL + loc) * B + b)[:, None]
-        g_mask = g_ok[:, None]
-        l_mask = l_ok[:, None]
-        for k0 in range(start, end, BLOCK_SIZE):
-            cols = k0 + tl.arange(0, BLOCK_SIZE)
-            c_ok = cols < end
-            c = tl.load(C_ptr + cols, mask=c_ok, other=0.0).to(tl.float32)
-            t = tl.load(t_rows + cols[None, :], mask=g_mask & c_ok[None, :], other=0.0).to(tl.float32)
-            q = tl.exp((t - c[None, :]) * inv_teacher_temp - t_max[:, None]) * inv_t_sum[:, None]
-            q = tl.where(g_mask, q, 0.0)
-            big_q = tl.sum(q, 0)
+        _write_gradient(S_ptr, S_row_stride, T_ptr, T_row_stride, C_ptr, dS_ptr, dS_row_stride, B, b, start, end,
+                        lse_g, lse_l, t_max, inv_t_sum, inv_student_temp, inv_teacher_temp, grad_scale,
+                        N_GLOBAL, N_LOCAL, G_PAD, L_PAD, BLOCK_SIZE)
 
-            sg = tl.load(S_ptr + sg_rows * S_row_stride + cols[None, :], mask=g_mask & c_ok[None, :], other=0.0)
-            p = tl.exp(sg.to(tl.float32) * inv_student_temp - lse_g[:, None])
-            grad = ((N_GLOBAL - 1) * p - big_q[None, :] + q) * grad_scale
-            tl.store(dS_ptr + sg_rows * dS_row_stride + cols[None, :], grad.to(dS_ptr.dtype.element_ty),
-                     mask=g_mask & c_ok[None, :])
 
-            sl = tl.load(S_ptr + sl_rows * S_row_stride + cols[None, :], mask=l_mask & c_ok[None, :], other=0.0)
-            p = tl.exp(sl.to(tl.float32) * inv_student_temp - lse_l[:, None])
-            grad = (N_GLOBAL * p - big_q[None, :]) * grad_scale
-            tl.store(dS_ptr + sl_rows * dS_row_stride + cols[None, :], grad.to(dS_ptr.dtype.element_ty),
-                     mask=l_mask & c_ok[None, :])
+@triton.jit
+def _dino_loss_bwd_kernel(
+    S_ptr, S_row_stride, T_ptr, T_row_stride, C_ptr, RowStats_ptr, dS_ptr, dS_row_stride, GradOut_ptr,
+    B, n_cols, cols_per_split, inv_student_temp, inv_teacher_temp, grad_scale,
+    N_GLOBAL: tl.constexpr, N_LOCAL: tl.constexpr, G_PAD: tl.constexpr, L_PAD: tl.constexpr,
+    STATS_WIDTH: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    """Deferred backward (fp16 logits), program (b, split): the gradient of image b's student rows over this
+    split's columns from the row statistics pass 2 saved, multiplied by grad_output (read here, on the device)
+    in fp32 before the single rounding to dS's dtype."""
+    b = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    g = tl.arange(0, G_PAD)
+    g_ok = g < N_GLOBAL
+    loc = tl.arange(0, L_PAD)
+    l_ok = loc < N_LOCAL
+    rows = RowStats_ptr + b * (_N_ROW_SLOTS * STATS_WIDTH)
+    lse_g = tl.load(rows + _ROW_LSE_GLOBAL * STATS_WIDTH + g, mask=g_ok, other=0.0)
+    lse_l = tl.load(rows + _ROW_LSE_LOCAL * STATS_WIDTH + loc, mask=l_ok, other=0.0)
+    t_max = tl.load(rows + _ROW_TEACHER_MAX * STATS_WIDTH + g, mask=g_ok, other=0.0)
+    inv_t_sum = tl.load(rows + _ROW_TEACHER_INV_SUM * STATS_WIDTH + g, mask=g_ok, other=1.0)
+    scale = grad_scale * tl.load(GradOut_ptr).to(tl.float32)
+    start = split * cols_per_split
+    end = tl.minimum(start + cols_per_split, n_cols)
+    _write_gradient(S_ptr, S_row_stride, T_ptr, T_row_stride, C_ptr, dS_ptr, dS_row_stride, B, b, start, end,
+                    lse_g, lse_l, t_max, inv_t_sum, inv_student_temp, inv_teacher_temp, scale,
+                    N_GLOBAL, N_LOCAL, G_PAD, L_PAD, BLOCK_SIZE)
+
+
+@triton.jit
+def _column_sum_kernel(X_ptr, X_row_stride, Out_ptr, n_rows, n_cols, ROWS: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    """Program j: Out[block j of columns] = sum of X's rows, taken in a fixed order (no atomics), in fp32."""
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    c_ok = cols < n_cols
+    acc = tl.zeros([BLOCK_SIZE], tl.float32)
+    for r0 in range(0, n_rows, ROWS):
+        rows = r0 + tl.arange(0, ROWS)
+        x = tl.load(X_ptr + rows.to(tl.int64)[:, None] * X_row_stride + cols[None, :],
+                    mask=(rows < n_rows)[:, None] & c_ok[None, :], other=0.0)
+        acc += tl.sum(x.to(tl.float32), 0)
+    tl.store(Out_ptr + cols, acc, mask=c_ok)
+
+
+@triton.jit
+def _scale_by_grad_output_kernel(X_ptr, X_row_stride, GradOut_ptr, n_cols, BLOCK_SIZE: tl.constexpr):
+    """Program (row, j): X[row, block j] *= grad_output, with grad_output read on the device (no host sync).
+    When it is 1 nothing is read or written, so the gradient keeps the forward's bits; otherwise the product is
+    taken in fp32 and rounded once, as torch's `X.mul_(grad_output)` does."""
+    go = tl.load(GradOut_ptr).to(tl.float32)
+    if go != 1.0:
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        c_ok = cols < n_cols
+        ptrs = X_ptr + row * X_row_stride + cols
+        x = tl.load(ptrs, mask=c_ok, other=0.0).to(tl.float32)
+        tl.store(ptrs, (x * go).to(X_ptr.dtype.element_ty), mask=c_ok)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Launchers: both fill `grad` (None: loss only) and `colsum` (None: no centre statistics) and return the
-# loss as a 0-d fp32 tensor.
+# Launchers (kernels/aot.py records what they launch, to compile it ahead of time for real GPUs)
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -245,47 +349,107 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def _default_splits(batch: int, n_blocks: int, device: torch.device) -> int:
-    if device.type != "cuda":  # the interpreter runs programs one after another: splitting only adds work
+def _sm_count(device: torch.device) -> int | None:
+    """Streaming multiprocessors of a CUDA device; None elsewhere (the interpreter runs programs one by one)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _default_splits(batch: int, n_blocks: int, sm_count: int | None) -> int:
+    if sm_count is None:  # the interpreter runs programs one after another: splitting only adds work
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(math.ceil(2 * sms / batch), n_blocks))  # about two programs per SM
+    return max(1, min(math.ceil(2 * sm_count / batch), n_blocks))  # about two programs per SM
 
 
-def _triton_forward(student, teacher, center, grad, colsum, *, ncrops, n_global, student_temp, teacher_temp,
-                    block_size=None, n_splits=None):
-    """block_size and n_splits override the defaults (the tests use them to cross block and split borders)."""
+def _loss_settings(batch, n_cols, ncrops, n_global, *, sm_count, block_size=None, n_splits=None) -> dict:
+    """Block size, warps and the K-split of the loss kernels (block_size and n_splits: the tests' overrides)."""
     n_local = ncrops - n_global
-    batch, n_cols = student.shape[0] // ncrops, student.shape[1]
     g_pad, l_pad = _next_power_of_2(n_global), _next_power_of_2(max(n_local, 1))
     # Pass 1 holds about 2 * G_PAD + L_PAD live tiles of BLOCK_SIZE fp32 values.
     default_block, num_warps = calculate_settings(n_cols, rows_per_block=2 * g_pad + l_pad)
     block = block_size or default_block
     n_blocks = triton.cdiv(n_cols, block)
-    splits = n_splits or _default_splits(batch, n_blocks, student.device)
+    splits = n_splits or _default_splits(batch, n_blocks, sm_count)
     cols_per_split = triton.cdiv(n_blocks, min(splits, n_blocks)) * block
     splits = triton.cdiv(n_cols, cols_per_split)  # no split without columns
+    shared = dict(N_GLOBAL=n_global, N_LOCAL=n_local, G_PAD=g_pad, L_PAD=l_pad, STATS_WIDTH=max(g_pad, l_pad),
+                  BLOCK_SIZE=block, num_warps=num_warps)
+    return dict(splits=splits, cols_per_split=cols_per_split, shared=shared)
+
+
+# The column sum: one program per 256 columns (256 programs at K=65536, about two per SM of an H100) walking the
+# rows 16 at a time: a [16, 256] tile over 4 warps is 32 fp32 values a thread. Not yet tuned on a GPU.
+_COLSUM_ROWS, _COLSUM_BLOCK, _COLSUM_WARPS = 16, 256, 4
+# The grad_output multiply: a streaming kernel over [rows, K], 2048 columns a program over 8 warps.
+_SCALE_BLOCK, _SCALE_WARPS = 2048, 8
+
+
+def _column_sum_triton(x, out) -> None:
+    """out <- x.sum(0) in fp32, deterministic."""
+    n_rows, n_cols = x.shape
+    _column_sum_kernel[(triton.cdiv(n_cols, _COLSUM_BLOCK),)](
+        x, x.stride(0), out, n_rows, n_cols, ROWS=_COLSUM_ROWS, BLOCK_SIZE=_COLSUM_BLOCK, num_warps=_COLSUM_WARPS)
+
+
+def _scale_by_grad_output_triton(grad, grad_output) -> None:
+    """grad *= grad_output (0-d, on grad's device), without reading grad_output on the host."""
+    rows, n_cols = grad.shape
+    _scale_by_grad_output_kernel[(rows, triton.cdiv(n_cols, _SCALE_BLOCK))](
+        grad, grad.stride(0), grad_output, n_cols, BLOCK_SIZE=_SCALE_BLOCK, num_warps=_SCALE_WARPS)
+
+
+def _triton_forward(student, teacher, center, grad, colsum, row_stats=None, *, ncrops, n_global, student_temp,
+                    teacher_temp, block_size=None, n_splits=None, sm_count=None):
+    """Loss (a 0-d fp32 tensor); the gradient into `grad` (None: not in the forward), the teacher's column sum into
+    `colsum` (None: none), the merged row statistics into `row_stats` (from _triton_row_stats(); for the
+    deferred backward). sm_count: the GPU's, read from student's device when None (kernels/aot.py passes a target's)."""
+    batch, n_cols = student.shape[0] // ncrops, student.shape[1]
+    if sm_count is None:
+        sm_count = _sm_count(student.device)
+    settings = _loss_settings(batch, n_cols, ncrops, n_global, sm_count=sm_count, block_size=block_size,
+                              n_splits=n_splits)
+    splits, cols_per_split, shared = settings["splits"], settings["cols_per_split"], settings["shared"]
 
     center = center.reshape(-1).float().contiguous()
-    width = max(g_pad, l_pad)
-    stats = torch.empty(batch, splits, N_STATS_SLOTS, width, dtype=torch.float32, device=student.device)
+    stats = torch.empty(batch, splits, N_STATS_SLOTS, shared["STATS_WIDTH"], dtype=torch.float32,
+                        device=student.device)
     loss_rows = torch.empty(batch, dtype=torch.float32, device=student.device)
-    if colsum is not None:
-        colsum.zero_()
     loss_scale = 1.0 / (batch * n_global * (ncrops - 1))
-    shared = dict(N_GLOBAL=n_global, N_LOCAL=n_local, G_PAD=g_pad, L_PAD=l_pad, STATS_WIDTH=width,
-                  BLOCK_SIZE=block, num_warps=num_warps)
     _dino_loss_stats_kernel[(batch, splits)](
         student, student.stride(0), teacher, teacher.stride(0), center, stats,
-        colsum if colsum is not None else stats,  # unused when COMPUTE_CENTER is False
-        batch, n_cols, cols_per_split, 1.0 / student_temp, 1.0 / teacher_temp,
-        COMPUTE_CENTER=colsum is not None, **shared)
+        batch, n_cols, cols_per_split, 1.0 / student_temp, 1.0 / teacher_temp, **shared)
     _dino_loss_fwd_kernel[(batch, splits)](
         student, student.stride(0), teacher, teacher.stride(0), center, stats,
         grad if grad is not None else student, grad.stride(0) if grad is not None else 0, loss_rows,
+        row_stats if row_stats is not None else stats,  # unused unless SAVE_ROW_STATS
         batch, n_cols, cols_per_split, 1.0 / student_temp, 1.0 / teacher_temp, loss_scale, loss_scale / student_temp,
-        SPLIT_PAD=_next_power_of_2(splits), COMPUTE_GRAD=grad is not None, **shared)
+        SPLIT_PAD=_next_power_of_2(splits), COMPUTE_GRAD=grad is not None, SAVE_ROW_STATS=row_stats is not None,
+        **shared)
+    if colsum is not None:
+        _column_sum_triton(teacher, colsum)
     return loss_rows.sum()
+
+
+def _triton_row_stats(student, ncrops, n_global) -> torch.Tensor:
+    """The buffer _triton_forward fills for the deferred backward: [B, N_ROW_SLOTS, max(G_PAD, L_PAD)] fp32."""
+    width = max(_next_power_of_2(n_global), _next_power_of_2(max(ncrops - n_global, 1)))
+    return torch.empty(student.shape[0] // ncrops, N_ROW_SLOTS, width, dtype=torch.float32, device=student.device)
+
+
+def _triton_backward(student, teacher, center, row_stats, grad, grad_output, *, ncrops, n_global, student_temp,
+                     teacher_temp, block_size=None, n_splits=None, sm_count=None):
+    """The deferred gradient (fp16 logits): grad <- grad_output * dloss/dS, rounded once. `grad` may be student."""
+    batch, n_cols = student.shape[0] // ncrops, student.shape[1]
+    if sm_count is None:
+        sm_count = _sm_count(student.device)
+    settings = _loss_settings(batch, n_cols, ncrops, n_global, sm_count=sm_count, block_size=block_size,
+                              n_splits=n_splits)
+    grad_scale = 1.0 / (batch * n_global * (ncrops - 1)) / student_temp
+    _dino_loss_bwd_kernel[(batch, settings["splits"])](
+        student, student.stride(0), teacher, teacher.stride(0), center.reshape(-1).float().contiguous(),
+        row_stats, grad, grad.stride(0), grad_output, batch, n_cols, settings["cols_per_split"],
+        1.0 / student_temp, 1.0 / teacher_temp, grad_scale, **settings["shared"])
 
 
 # The torch path walks the student logits in chunks of images (~8 passes over each chunk). CPU: 32 MiB of fp32
@@ -314,15 +478,18 @@ def _softmax_(x: torch.Tensor, scale: float) -> torch.Tensor:
     return x.div_(x.sum(-1, keepdim=True))
 
 
-def _torch_forward(student, teacher, center, grad, colsum, *, ncrops, n_global, student_temp, teacher_temp):
+def _torch_forward(student, teacher, center, grad, colsum, row_stats=None, *, ncrops, n_global, student_temp,
+                   teacher_temp):
     """The same algebra with torch ops, chunk by chunk of images. Computes in fp32 inside `grad` when it is
-    an fp32 tensor (so an in-place fp32 call allocates nothing of the student's size), else in a work buffer."""
+    an fp32 tensor (so an in-place fp32 call allocates nothing of the student's size), else in a work buffer.
+    row_stats ([V, B, 1] fp32, or None): receives every student row's log-sum-exp, for the deferred backward."""
     with torch.autocast(student.device.type, enabled=False):  # autocast would run the dot products in bf16
-        return _torch_forward_fp32(student, teacher, center, grad, colsum, ncrops=ncrops, n_global=n_global,
-                                   student_temp=student_temp, teacher_temp=teacher_temp)
+        return _torch_forward_fp32(student, teacher, center, grad, colsum, row_stats, ncrops=ncrops,
+                                   n_global=n_global, student_temp=student_temp, teacher_temp=teacher_temp)
 
 
-def _torch_forward_fp32(student, teacher, center, grad, colsum, *, ncrops, n_global, student_temp, teacher_temp):
+def _torch_forward_fp32(student, teacher, center, grad, colsum, lse_out, *, ncrops, n_global, student_temp,
+                        teacher_temp):
     views, n_global, dev = ncrops, n_global, student.device
     batch, n_cols = student.shape[0] // views, student.shape[1]
     inv_ts, inv_tt = 1.0 / student_temp, 1.0 / teacher_temp
@@ -368,6 +535,8 @@ def _torch_forward_fp32(student, teacher, center, grad, colsum, *, ncrops, n_glo
         d = x.sum(-1, keepdim=True)
         lse = m * inv_ts + d.log()
         total += (n_v * lse).sum(dtype=torch.float64) - inv_ts * (cross.double() - diag.double())
+        if lse_out is not None:
+            lse_out[:, b0:b1].copy_(lse)
 
         if grad is not None:
             # dS_v = coef_v * exp(s_v - max) - scale * (Q - [v < G] q_v), coef_v = n_v * scale / sum
@@ -381,11 +550,72 @@ def _torch_forward_fp32(student, teacher, center, grad, colsum, *, ncrops, n_glo
     return (total * loss_scale).float()
 
 
+def _torch_row_stats(student, ncrops, n_global) -> torch.Tensor:
+    """The buffer _torch_forward fills for the deferred backward: each student row's log-sum-exp, [V, B, 1] fp32."""
+    return torch.empty(ncrops, student.shape[0] // ncrops, 1, dtype=torch.float32, device=student.device)
+
+
+def _torch_backward(student, teacher, center, row_stats, grad, grad_output, *, ncrops, n_global, student_temp,
+                    teacher_temp):
+    """The deferred gradient (fp16 logits): grad <- grad_output * dloss/dS in fp32, rounded once into `grad` (which
+    may be student). Recomputes the teacher softmax and, from the saved log-sum-exps, the student softmax."""
+    with torch.autocast(student.device.type, enabled=False):
+        views, dev = ncrops, student.device
+        batch, n_cols = student.shape[0] // views, student.shape[1]
+        inv_ts, inv_tt = 1.0 / student_temp, 1.0 / teacher_temp
+        # grad_output stays on the device: a 0-d tensor operand, no host read.
+        scale = grad_output.detach().reshape(()).float() * (1.0 / (batch * n_global * (views - 1)) * inv_ts)
+        chunk = min(batch, max(1, _TORCH_CHUNK_ELEMENTS.get(dev.type, _TORCH_CHUNK_ELEMENTS_OTHER) // (views * n_cols)))
+        s3, g3 = student.unflatten(0, (views, batch)), grad.unflatten(0, (views, batch))
+        n_v = torch.full((views, 1, 1), float(n_global), device=dev)
+        n_v[:n_global] -= 1
+        coef = n_v * scale
+        q_all = _softmax_(torch.sub(teacher.unflatten(0, (n_global, batch)), center.reshape(1, n_cols).float()),
+                          inv_tt)
+        big_q_buf = torch.empty(chunk, n_cols, device=dev)
+        x_buf = torch.empty(views, chunk, n_cols, device=dev)
+        for b0 in range(0, batch, chunk):
+            b1 = min(b0 + chunk, batch)
+            q = q_all[:, b0:b1]
+            big_q = big_q_buf[: b1 - b0].copy_(q[0])
+            for g in range(1, n_global):
+                big_q.add_(q[g])
+            x = x_buf[:, : b1 - b0].copy_(s3[:, b0:b1])
+            # p_v = exp(x_v / tau_s - lse_v), clamped like the forward's exponent; one op for the shift
+            torch.add(row_stats[:, b0:b1].neg(), x, alpha=inv_ts, out=x).clamp_min_(_EXP_FLOOR).exp_()
+            # dS_v = coef_v * p_v - scale * (Q - [v < G] q_v)
+            q.sub_(big_q).mul_(scale)
+            big_q.mul_(-scale)
+            torch.addcmul(q, x[:n_global], coef[:n_global], out=x[:n_global])
+            torch.addcmul(big_q, x[n_global:], coef[n_global:], out=x[n_global:])
+            g3[:, b0:b1].copy_(x)
+
+
+def _scale_by_grad_output_(grad, grad_output, backend) -> None:
+    """grad *= grad_output, without a host-device sync, bit for bit as `grad.mul_(grad_output)`."""
+    if backend == "triton":
+        _scale_by_grad_output_triton(grad, grad_output)  # skips the pass on the device when grad_output == 1
+    elif grad_output.device.type == "cpu":
+        if grad_output.item() != 1.0:  # a CPU value: reading it syncs nothing, and skipping saves a pass
+            grad.mul_(grad_output)
+    else:
+        grad.mul_(grad_output)  # torch backend on a GPU: always, reading the value would sync
+
+
+def defers_gradient(dtype: torch.dtype) -> bool:
+    """True when the loss computes the student gradient in the backward rather than in the forward: fp16 logits,
+    whose unscaled gradient entries would underflow (see the module docstring)."""
+    return dtype == torch.float16
+
+
 _FORWARDS = {"triton": _triton_forward, "torch": _torch_forward}
+_BACKWARDS = {"triton": _triton_backward, "torch": _torch_backward}
+_ROW_STATS = {"triton": _triton_row_stats, "torch": _torch_row_stats}
 
 
 class DINOLossFunction(torch.autograd.Function):
-    """Loss and student gradient in the forward; the backward only scales the saved gradient."""
+    """fp32/bf16: loss and student gradient in the forward, the backward only scales the saved gradient.
+    fp16: loss and per-row statistics in the forward, the gradient (times grad_output) in the backward."""
 
     @staticmethod
     def forward(ctx, student, teacher, center, colsum, ncrops, n_global, student_temp, teacher_temp, backend,
@@ -398,25 +628,39 @@ class DINOLossFunction(torch.autograd.Function):
             student, writable = student.contiguous(), True
         if backend == "triton" and teacher.stride(-1) != 1:
             teacher = teacher.contiguous()
-        grad = None
-        if need_grad:
+        deferred = need_grad and defers_gradient(student.dtype)
+        grad = row_stats = None
+        if deferred:
+            row_stats = _ROW_STATS[backend](student, ncrops, n_global)
+        elif need_grad:
             grad = student if writable else torch.empty_like(student, memory_format=torch.contiguous_format)
-        loss = _FORWARDS[backend](student, teacher, center, grad, colsum, ncrops=ncrops, n_global=n_global,
-                                  student_temp=student_temp, teacher_temp=teacher_temp)
+        kwargs = dict(ncrops=ncrops, n_global=n_global, student_temp=student_temp, teacher_temp=teacher_temp)
+        loss = _FORWARDS[backend](student, teacher, center, grad, colsum, row_stats, **kwargs)
         if grad is student:
             torch.autograd.graph.increment_version(student)  # Triton writes behind autograd's back
-        ctx.grad_student = grad
+        ctx.grad_student, ctx.row_stats, ctx.writable = grad, row_stats, writable
+        ctx.backend, ctx.kwargs = backend, kwargs
+        if deferred:
+            # The centre is updated in place right after the loss: keep the one this loss used ([K] fp32).
+            # save_for_backward checks that nobody changes the logits or the teacher output before the backward.
+            ctx.save_for_backward(student, teacher, center.detach().reshape(-1).float().clone())
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad = ctx.grad_student
-        if grad is None:
-            raise RuntimeError("dino_loss: backward ran twice through the same loss; its gradient is computed once, "
-                               "in the forward (call the loss again instead of retain_graph=True)")
-        ctx.grad_student = None
-        if not torch.equal(grad_output, torch.ones_like(grad_output)):  # e.g. GradScaler or a loss weight
-            grad.mul_(grad_output)
+        grad, row_stats = ctx.grad_student, ctx.row_stats
+        if grad is None and row_stats is None:
+            raise RuntimeError("dino_loss: backward ran twice through the same loss; its gradient is computed once "
+                               "(call the loss again instead of retain_graph=True)")
+        ctx.grad_student = ctx.row_stats = None
+        if row_stats is not None:
+            student, teacher, center = ctx.saved_tensors
+            grad = student if ctx.writable else torch.empty_like(student, memory_format=torch.contiguous_format)
+            _BACKWARDS[ctx.backend](student, teacher, center, row_stats, grad, grad_output, **ctx.kwargs)
+            if grad is student:
+                torch.autograd.graph.increment_version(student)  # an op that saved the logits must now raise
+        else:
+            _scale_by_grad_output_(grad, grad_output, ctx.backend)  # e.g. GradScaler or a loss weight
         return grad, None, None, None, None, None, None, None, None, None, None
 
 
@@ -496,15 +740,40 @@ def dino_loss(student_output: torch.Tensor, teacher_output: torch.Tensor, center
                       student_temp=student_temp, teacher_temp=teacher_temp, backend=backend, inplace=inplace)
 
 
+def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float, warmup_teacher_temp_epochs: int,
+                          nepochs: int) -> np.ndarray:
+    """DINO's per-epoch teacher temperature: linear warm-up, then constant (facebookresearch/dino main_dino.py
+    L374-377). The same as fastdino.schedules.teacher_temp_schedule (a test keeps them equal): kernels/ imports
+    nothing of fastdino, so that it can be vendored with torch and triton only."""
+    warmup = np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs)
+    return np.concatenate((warmup, np.ones(max(nepochs - warmup_teacher_temp_epochs, 0)) * teacher_temp))
+
+
+def _resolve_n_global(n_global: int | None, teacher_crops_number: int | None) -> int:
+    """n_global (fastdino's name) or teacher_crops_number (DINO-MC's, main_dino_mc.py L276): the number of teacher
+    (global) views; 2 when neither is given, as in DINO."""
+    if n_global is not None and teacher_crops_number is not None and n_global != teacher_crops_number:
+        raise ValueError(f"DINOLoss: teacher_crops_number={teacher_crops_number} and n_global={n_global} disagree; "
+                         "both name the number of teacher (global) views (teacher_crops_number is DINO-MC's name): "
+                         "pass one of them")
+    if n_global is not None:
+        return operator.index(n_global)
+    return operator.index(teacher_crops_number) if teacher_crops_number is not None else 2
+
+
 class DINOLoss(nn.Module):
-    """Drop-in for the original DINO loss module: same constructor, `center` buffer [1, out_dim] (state
-    dicts load both ways), forward(student_output, teacher_output, epoch) -> loss, centre updated after the
-    loss from the raw teacher logits and all-reduced across ranks. n_global=3 serves DINO-TP."""
+    """Drop-in for the original DINO loss module: same constructor (facebookresearch/dino main_dino.py L364-366,
+    positional arguments included), `center` buffer [1, out_dim] (state dicts load both ways), forward(
+    student_output, teacher_output, epoch) -> loss, centre updated after the loss from the raw teacher logits and
+    all-reduced across ranks. DINO-MC's keyword `teacher_crops_number` (main_dino_mc.py L276) is accepted as the
+    same thing as `n_global`; n_global=3 serves DINO-TP."""
 
     def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float, teacher_temp: float,
                  warmup_teacher_temp_epochs: int, nepochs: int, student_temp: float = 0.1,
-                 center_momentum: float = 0.9, *, n_global: int = 2, backend: str = "auto", inplace: bool = True):
+                 center_momentum: float = 0.9, *, n_global: int | None = None, teacher_crops_number: int | None = None,
+                 backend: str = "auto", inplace: bool = True):
         super().__init__()
+        n_global = _resolve_n_global(n_global, teacher_crops_number)
         _check_views(ncrops, n_global)
         if nepochs < 1 or warmup_teacher_temp_epochs < 0:
             raise ValueError(f"DINOLoss needs nepochs >= 1 and warmup_teacher_temp_epochs >= 0, got {nepochs} and "

@@ -26,7 +26,10 @@ def reference_dino_loss(
 
     student_output: [ncrops * B, K], global views first; teacher_output: [n_global * B, K];
     center: [1, K] (or [K]). Returns the mean over pairs of the batch-mean cross-entropy
-    -sum_k q_g[k] * log p_v[k], pairs with v == g left out. Computed in fp32.
+    -sum_k q_g[k] * log p_v[k], pairs with v == g left out. Computed in fp32: for bf16/fp16 logits autograd
+    computes the gradient in fp32, multiplied by the incoming gradient (e.g. a GradScaler's factor), and
+    rounds it to the logits' dtype once, at the `.float()` cast. The fused loss's gradients are tested
+    against exactly that.
     """
     student_out = (student_output.float() / student_temp).chunk(ncrops)
     teacher_out = F.softmax((teacher_output.float() - center.float()) / teacher_temp, dim=-1).detach().chunk(n_global)
@@ -53,15 +56,28 @@ def reference_center_update(center: torch.Tensor, teacher_output: torch.Tensor, 
     return center * momentum + batch_center.reshape(center.shape) * (1 - momentum)
 
 
+EMA_BUFFERS = ("none", "copy", "average")
+
+
 @torch.no_grad()
-def reference_ema_update(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
+def reference_ema_update(student: nn.Module, teacher: nn.Module, momentum: float, buffers: str = "none") -> None:
     """DINO's teacher update: a Python loop over every parameter tensor (one or two kernels each).
 
-    teacher <- momentum * teacher + (1 - momentum) * student, then the student's floating-point
-    buffers (BatchNorm running statistics) are copied into the teacher.
+    teacher <- momentum * teacher + (1 - momentum) * student, over the parameters only, as DINO's loop
+    (main_dino.py L346-350); a BatchNorm teacher keeps the running statistics of its own forwards.
+    buffers="copy": the student's floating-point buffers (BatchNorm running statistics) are copied into the
+    teacher; "average": they follow the same EMA. Integer buffers (num_batches_tracked) are never touched.
     """
+    if buffers not in EMA_BUFFERS:
+        raise ValueError(f"reference_ema_update: buffers must be one of {EMA_BUFFERS}, got {buffers!r}")
     for param_s, param_t in zip(student.parameters(), teacher.parameters(), strict=True):
         param_t.data.mul_(momentum).add_((1 - momentum) * param_s.detach().data)
+    if buffers == "none":
+        return
     for buf_s, buf_t in zip(student.buffers(), teacher.buffers(), strict=True):
-        if buf_t.dtype.is_floating_point:
+        if not buf_t.dtype.is_floating_point:
+            continue
+        if buffers == "copy":
             buf_t.copy_(buf_s)
+        else:
+            buf_t.mul_(momentum).add_((1 - momentum) * buf_s)

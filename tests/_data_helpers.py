@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from fastdino.dataloading import AugmentationSpec
 from PIL import Image
 
 
@@ -64,25 +63,67 @@ def seco_tree(root: Path, n_locations=4, n_acq=3, size=24, preview=False, bands=
     return root
 
 
+# SeCo's release (ServiceNow/seasonal-contrast datasets/seco_downloader.py): 12 bands (seco_dataset.py L11), 264 px
+# at 10 m, 132 px at 20 m, 44 px at 60 m (L316-320), uint8 (L182), JPEG-compressed GeoTIFFs (L251), one folder
+# per product id under a six-digit location folder (L328), 5 dates (L309-314), metadata.json (L270-271).
+SECO_BAND_SIZES = {"B1": 44, "B2": 264, "B3": 264, "B4": 264, "B5": 132, "B6": 132, "B7": 132, "B8": 264,
+                   "B8A": 132, "B9": 44, "B11": 132, "B12": 132}
+
+
+def seco_raw(loc: int, acq: int) -> dict[str, int]:
+    """The raw (un-stretched) uint8 value of B4, B3, B2 in seco_release_tree: B3 names the acquisition, B4 the
+    location; all are inside SeCo's quantile ranges, so each stretches to a distinct value."""
+    return {"B4": 10 + 7 * loc % 110, "B3": 10 * (acq + 1), "B2": 40}
+
+
+def seco_release_tree(root: Path, n_locations=3, n_acq=5, preview=False, bands=True, scale=1,
+                      compression="jpeg") -> Path:
+    """A SeCo tree in the layout of SeCo's release: `<root>/<location:06d>/<product-id>/B1.tif ... B12.tif`
+    (+ metadata.json), and with `preview` the 100K release's `<root>/<location>/<product-id>.tif`. Every band is
+    a constant image (seco_raw) of its real size divided by `scale`; previews hold the stretch of SeCo's
+    downloader (B4, B3, B2 scaled by 1 / 0.3, L265-268)."""
+    for loc in range(n_locations):
+        for acq in range(n_acq):
+            product = f"2020{acq + 1:02d}15T083701_2020{acq + 1:02d}15T084525_T35TQ{loc:03d}"
+            raw = seco_raw(loc, acq)
+            folder = root / f"{loc:06d}" / product
+            folder.mkdir(parents=True, exist_ok=True)
+            if bands:
+                for band, px in SECO_BAND_SIZES.items():
+                    side = max(1, px // scale)
+                    Image.fromarray(np.full((side, side), raw.get(band, 60), np.uint8), "L").save(
+                        folder / f"{band}.tif", compression=compression)
+                (folder / "metadata.json").write_text(json.dumps({"system:index": product}))
+            if preview:
+                side = 264 // scale
+                rgb = np.array([min(255, int(raw[b] / 0.3)) for b in ("B4", "B3", "B2")], np.uint8)
+                Image.fromarray(np.zeros((side, side, 3), np.uint8) + rgb).save(
+                    root / f"{loc:06d}" / f"{product}.tif", compression=compression)
+    return root
+
+
 def value_bounds(spec):
     mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
     return (0 - mean) / std - 1e-5, (1 - mean) / std + 1e-5
 
 
-def plain_spec(spec):
-    """No colour changes: a view's pixels keep the value of the acquisition it was cut from."""
-    plain = dict(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
-    return AugmentationSpec([dataclasses.replace(g, **plain) for g in spec.global_views],
-                             [dataclasses.replace(g, **plain) for g in spec.local_views], mean=(0, 0, 0), std=(1, 1, 1))
+def view_colours(views) -> list[torch.Tensor]:
+    """Per view, the mean RGB (0-255) of each sample: [B, 3]. Views of a plain spec (mean 0, std 1, no colour)."""
+    return [v.mean(dim=(2, 3)) * 255 for v in views]
 
 
-def check_temporal_views(views, n_acq):
-    """Green encodes the acquisition (40 * (k + 1)), red the location; see _data_helpers.seco_tree."""
-    green = [torch.round(v[:, 1].mean(dim=(1, 2)) * 255 / 40 - 1).long() for v in views]
-    red = [torch.round(v[:, 0].mean(dim=(1, 2)) * 255) for v in views]
-    for b in range(views[0].shape[0]):
-        assert len({int(r[b]) for r in red}) == 1  # every view from one location
-        acqs = [int(g[b]) for g in green]
-        assert all(0 <= a < n_acq for a in acqs)
-        assert acqs[0] != acqs[1]  # the two global views: different acquisitions
-        assert len(set(acqs[2:])) == 1  # all local views: one acquisition
+def temporal_sources(views, n_locations: int, n_acq: int, preview: bool = False):
+    """For views of constant-colour SeCo acquisitions (seco_release_tree) cut with a plain spec: per view and
+    sample, (location, acquisition) or None where the colour matches no acquisition (a jittered view)."""
+    from fastdino.dataloading.bands import band_lut
+
+    table = {}
+    for loc in range(n_locations):
+        for acq in range(n_acq):
+            raw = seco_raw(loc, acq)
+            rgb = [min(255, int(raw[b] / 0.3)) if preview else int(band_lut(b)[raw[b]]) for b in ("B4", "B3", "B2")]
+            table[tuple(rgb)] = (loc, acq)
+    out = []
+    for c in view_colours(views):
+        out.append([table.get(tuple(int(x) for x in torch.round(row).tolist())) for row in c])
+    return out

@@ -8,6 +8,7 @@ import pytest
 import torch
 from fastdino.dataloading import make_synthetic_dataset
 
+import fastdino
 from fastdino import checkpoint as ckpt_io
 from fastdino.cli import main
 
@@ -43,8 +44,10 @@ def test_default_run_uses_generated_images(tmp_path, capsys, monkeypatch):
     assert "GENERATED images" in out and "--data PATH" in out and "resolved config:" in out
     assert "img/s" in out and "eta" in out and "peak memory" in out  # progress lines and the summary
     for name in ("config.yaml", "train.log", "metrics.jsonl", "plots/curves.png", "checkpoints/last.pt",
-                 "checkpoints/epoch_0001.pt"):
+                 "checkpoints/epoch_0001.pt", "exported/last_teacher_backbone.safetensors",
+                 "exported/last_teacher_backbone.json"):
         assert (run / name).is_file(), name
+    assert "exported: " in out
     records = steps(run)
     assert len(records) == 2 and all(k in records[0] for k in ("loss", "lr", "img_per_s", "data_wait", "eta_s"))
     ckpt = ckpt_io.load_checkpoint(run)
@@ -117,10 +120,17 @@ def test_bad_config_file(tmp_path, capsys):
     assert "unknown key 'run.batchsize' (did you mean batch_size?)" in capsys.readouterr().err
 
 
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fastdino {fastdino.__version__}"
+
+
 def test_presets_lists_one_line_each(capsys):
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["dino-mc-vits8", "dino-mc-vits16", "dino-vits16", "dino-tp-vits8",
-                                                  "tiny"]
+                                                  "dino-mc-resnet50", "tiny", "tiny-ms"]
     assert main(["presets", "--show", "dino-mc-vits8"]) == 0
     assert "patch_size: 8" in capsys.readouterr().out

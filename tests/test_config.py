@@ -50,8 +50,21 @@ def test_dino_mc_preset_matches_the_paper():
     spec = AugmentationSpec.from_dict(c.augment)
     assert spec.view_sizes == [224, 224, 184, 164, 144, 124, 104, 84]
     tp = load_config("dino-tp-vits8")
-    assert tp.data.temporal and tp.data.layout == "seco"
-    assert AugmentationSpec.from_dict(load_config("dino-vits16").augment).view_sizes == [224] * 2 + [96] * 10
+    assert tp.data.temporal and tp.data.layout == "seco" and tp.augment_preset == "dino-tp"
+    assert AugmentationSpec.from_dict(tp.augment).n_global == 3  # three teacher views (DINO-MC's DINO-TP)
+    assert c.data.acquisitions == "one"  # DINO-MC's MCBase: one acquisition per SeCo location
+    assert AugmentationSpec.from_dict(load_config("dino-vits16").augment).view_sizes == [224] * 2 + [96] * 8
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.temporal=false"], "data.temporal=False but the augmentation cuts views from 3 date"),
+    (["data.acquisitions=some"], "data.acquisitions='some': choose one of all, one"),
+])
+def test_dino_tp_needs_temporal_data_and_its_views(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("dino-tp-vits8", overrides=overrides)
+    with pytest.raises(ConfigError, match="data.temporal=True but the augmentation cuts views from 1 date"):
+        load_config("dino-mc-vits8", overrides=["data.temporal=true", "data.layout=seco"])
 
 
 def test_lr_is_scaled_by_the_global_batch():
@@ -105,6 +118,17 @@ def test_bad_overrides_are_clear_errors(overrides, match):
         load_config(overrides=overrides)
 
 
+def test_preset_is_chosen_with_preset_not_set():
+    """`preset` is refused by --set (the error says use --preset), so it is not offered as a --set key either."""
+    with pytest.raises(ConfigError, match="--preset NAME") as refused:
+        load_config(overrides=["preset=dino-mc-vits8"])
+    assert "unknown key" not in str(refused.value)
+    with pytest.raises(ConfigError, match="known keys: ") as unknown:
+        load_config(overrides=["presets=1"])
+    known = str(unknown.value).split("known keys: ")[1].split(", ")
+    assert "preset" not in known and "epochs" in known and "did you mean" not in str(unknown.value)
+
+
 def test_bad_config_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(config_file=tmp_path / "missing.yaml")
@@ -130,7 +154,8 @@ def test_config_diff_lists_changed_leaves():
 
 def test_list_presets_one_line_each():
     names = [n for n, _ in list_presets()]
-    assert names == ["dino-mc-vits8", "dino-mc-vits16", "dino-vits16", "dino-tp-vits8", "tiny"]
+    assert names == ["dino-mc-vits8", "dino-mc-vits16", "dino-vits16", "dino-tp-vits8", "dino-mc-resnet50", "tiny",
+                     "tiny-ms"]
     assert all("\n" not in d and d for _, d in list_presets())
 
 

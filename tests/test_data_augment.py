@@ -21,10 +21,10 @@ def test_dino_mc_preset_matches_the_paper():
 
 def test_dino_and_tiny_presets():
     dino = AugmentationSpec.preset("dino")
-    assert dino.view_sizes == [224, 224] + [96] * 10 and dino.local_views[0].scale == (0.05, 0.4)
+    assert dino.view_sizes == [224, 224] + [96] * 8 and dino.local_views[0].scale == (0.05, 0.4)  # main_dino.py L112
     tiny = AugmentationSpec.preset("tiny")
     assert tiny.view_sizes[:2] == [64, 64] and all(s % 8 == 0 for s in tiny.view_sizes)
-    assert AugmentationSpec.presets() == ["dino", "dino-mc", "tiny"]
+    assert AugmentationSpec.presets() == ["dino", "dino-mc", "dino-mc-resnet50", "dino-tp", "tiny"]
     with pytest.raises(ValueError, match="unknown augmentation preset 'nope'.*dino-mc"):
         AugmentationSpec.preset("nope")
 

@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 import torch
 from _data_helpers import (
-    check_temporal_views,
     eurosat_root,
     image_folder,
-    plain_spec,
     seco_tree,
     truncate,
     value_bounds,
@@ -102,15 +100,6 @@ def test_corrupt_file_is_skipped_counted_and_named(tmp_path, add_eoi):
     strict = _dali(build_source(tmp_path), strict=True)
     with pytest.raises(RuntimeError, match=str(bad)):
         list(strict)
-
-
-@pytest.mark.parametrize("preview", [False, True], ids=["bands", "preview"])
-def test_seco_temporal_views(tmp_path, preview):
-    seco_tree(tmp_path, n_locations=4, n_acq=3, size=24, preview=preview, bands=not preview)
-    pipe = _dali(build_source(tmp_path, layout="seco"), plain_spec(TINY), temporal=True)
-    assert len(pipe) == 1
-    views = next(iter(pipe))
-    check_temporal_views(views, 3)
 
 
 def test_auto_picks_dali_on_cpu(tmp_path):

@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 import torch
 from _data_helpers import (
-    check_temporal_views,
     eurosat_root,
     image_folder,
-    plain_spec,
-    seco_tree,
     truncate,
     value_bounds,
     write_image,
@@ -130,20 +127,6 @@ def test_corrupt_file_is_skipped_counted_and_named(tmp_path):
     strict = build_pipeline(src, TINY, batch_size=8, backend="torch", num_threads=0, strict=True)
     with pytest.raises(RuntimeError, match=f"cannot read image '{bad}'"):
         list(strict)
-
-
-@pytest.mark.parametrize("preview", [False, True], ids=["bands", "preview"])
-def test_seco_temporal_views(tmp_path, preview):
-    seco_tree(tmp_path, n_locations=4, n_acq=3, size=24, preview=preview, bands=not preview)
-    src = build_source(tmp_path, layout="seco")
-    spec = plain_spec(TINY)
-    pipe = build_pipeline(src, spec, batch_size=4, backend="torch", num_threads=0, temporal=True)
-    assert len(pipe) == 1  # one sample per location
-    check_temporal_views(next(iter(pipe)), 3)
-    flat = build_pipeline(src, spec, batch_size=4, backend="torch", num_threads=0)
-    assert len(flat) == 3  # one sample per acquisition without temporal
-    with pytest.raises(ValueError, match="temporal=True .* needs a SeCo source"):
-        build_pipeline(build_source(image_folder(tmp_path / "f")), spec, batch_size=2, backend="torch", temporal=True)
 
 
 def test_real_eurosat_images():

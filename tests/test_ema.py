@@ -115,8 +115,8 @@ def test_matches_reference_fp32(backend):
     assert len(ema.groups) == 1 and ema.groups[0].backend == backend
     assert _aliases(ema)
     assert not torch.equal(teacher.fc1.weight, ref_s.fc1.weight)  # the teacher lags behind the student
-    assert torch.equal(teacher.bn.running_mean, student.bn.running_mean)  # buffers copied
-    assert teacher.bn.num_batches_tracked == 0  # integer buffers are not copied (as in DINO)
+    assert not teacher.bn.running_mean.any()  # buffers are the teacher's own (DINO: parameters only)
+    assert teacher.bn.num_batches_tracked == 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -168,8 +168,43 @@ def test_timm_resnet_with_batchnorm_buffers():
     make = lambda: timm.create_model("resnet18", num_classes=10)
     student, teacher, ref_s, ref_t = _twins(make)
     _run(student, teacher, ref_s, ref_t, (2, 3, 32, 32), "torch", steps=2, lr=1e-3)
-    assert torch.equal(teacher.bn1.running_var, student.bn1.running_var)
-    assert not torch.equal(teacher.bn1.running_var, torch.ones_like(teacher.bn1.running_var))
+    assert torch.equal(teacher.bn1.running_var, torch.ones_like(teacher.bn1.running_var))  # its own (never ran)
+    assert not torch.equal(student.bn1.running_var, torch.ones_like(student.bn1.running_var))
+
+
+@pytest.mark.parametrize("buffers", ["none", "copy", "average"])
+def test_buffers_option_matches_the_reference(buffers):
+    """Floating-point buffers: "none" leaves the teacher's own (DINO's loop updates parameters only,
+    main_dino.py L349-350), "copy" takes the student's, "average" follows the EMA; bitwise the reference's.
+    Integer buffers (num_batches_tracked) are never touched."""
+    student, teacher, ref_s, ref_t = _twins(Toy)
+    x = torch.randn(6, 7)
+    with torch.no_grad():  # the teacher's own running statistics, from a train-mode forward
+        teacher(x), ref_t(x)
+    own_mean, own_count = teacher.bn.running_mean.clone(), teacher.bn.num_batches_tracked.clone()
+    ema = FlatEMA(student, teacher, backend="torch", buffers=buffers)
+    opt, ref_opt = torch.optim.AdamW(student.parameters(), lr=1e-2), torch.optim.AdamW(ref_s.parameters(), lr=1e-2)
+    for m in MOMENTA:
+        x = torch.randn(6, 7)
+        _step(student, opt, x)
+        _step(ref_s, ref_opt, x)
+        before = teacher.bn.running_mean.clone()
+        ema.update(m)
+        reference_ema_update(ref_s, ref_t, m, buffers=buffers)
+        _assert_state_equal(teacher, ref_t)
+        want = {"none": own_mean, "copy": student.bn.running_mean,
+                "average": before * np.float32(m) + student.bn.running_mean * np.float32(1 - m)}[buffers]
+        torch.testing.assert_close(teacher.bn.running_mean, want, rtol=1e-6, atol=0)
+    assert torch.equal(teacher.bn.num_batches_tracked, own_count)
+    assert f"buffers={buffers}" in repr(ema)
+
+
+def test_buffers_option_is_checked():
+    student, teacher, *_ = _twins(Toy)
+    with pytest.raises(ValueError, match="buffers must be one of .*'none', 'copy', 'average'.*'all'"):
+        FlatEMA(student, teacher, buffers="all")
+    with pytest.raises(ValueError, match="buffers must be one of"):
+        reference_ema_update(student, teacher, 0.9, buffers="all")
 
 
 def test_channels_last_layout_is_kept():
@@ -303,7 +338,7 @@ def test_triton_on_cuda(dtype):
             for p, q in zip(student.parameters(), ref_s.parameters(), strict=True):
                 p.add_(torch.randn_like(p))
                 q.copy_(p)
-        t_before = teacher.fc1.weight.detach().float()
+        t_before = teacher.fc1.weight.detach().float().clone()  # .float() of an fp32 tensor aliases the teacher
         ema.update(m)
         # fp32 math rounded once to the parameter dtype (round to nearest on the GPU)
         exact = t_before * np.float32(m) + student.fc1.weight.detach().float() * np.float32(1 - m)

@@ -212,7 +212,10 @@ def test_per_size_backbones(arch):
         out = backbone.forward_views(views)
         per_view = torch.cat([backbone(v) for v in views])
     assert out.shape == (4, backbone.embed_dim)
-    torch.testing.assert_close(out, per_view)
+    # relative to the features' scale: untrained ResNets with torchvision's init (no zeroed last BatchNorm) give
+    # features up to ~30, and a batch of 2 takes other conv kernels than a batch of 1 (differences ~1e-6 of that)
+    scale = per_view.abs().max()
+    torch.testing.assert_close(out / scale, per_view / scale, rtol=0, atol=1e-5)
 
 
 def test_factory_names_and_errors():

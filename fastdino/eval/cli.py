@@ -1,8 +1,11 @@
 """`fastdino eval knn|linear`: accuracy of a checkpoint's teacher backbone on a labelled image folder.
 
-Features are extracted once per (checkpoint, image list, resolution) and cached beside the checkpoint, so
-`eval linear` after `eval knn` does not run the backbone again. Results are printed as a table and saved
-as JSON beside the checkpoint (`<ckpt stem>_<task>[_random-init].json`).
+The checkpoint may be fastdino's, the original DINO / DINO-MC code's, or a bare backbone state dict
+(fastdino.convert; what was converted is printed). Features are extracted once per (checkpoint, image list,
+resolution) and cached beside the checkpoint, so `eval linear` after `eval knn` does not run the backbone again.
+`eval linear` is fastdino's fast probe on those cached features by default; `--protocol dino` runs DINO's
+eval_linear.py protocol instead (eval/dino_linear.py). Results are printed as a table and saved as JSON beside the
+checkpoint (`<ckpt stem>_<task>[_random-init].json`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ from fastdino.config import backbone_kwargs
 from .features import EvalTransform, ImageDataset, extract_features
 from .knn import knn_accuracy
 from .linear import linear_probe_accuracy
-from .teacher import checkpoint_info, load_teacher, random_init_like
+from .teacher import random_init_like
+
+# How each linear protocol is named in every table and JSON (the paper's 94.09 is DINO's protocol).
+PROTOCOLS = {"fast": "fastdino fast probe (AdamW on cached, standardised features)",
+             "dino": "DINO protocol (eval_linear.py: last-4-block CLS, SGD, RandomResizedCrop + flip)"}
 
 SPLIT_SEED = 0
 SPLIT_TEST_FRACTION = 0.2
@@ -32,9 +39,25 @@ SPLIT_TEST_FRACTION = 0.2
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="task", metavar="TASK", required=True)
     knn = sub.add_parser("knn", help="DINO's weighted k-NN classifier on teacher CLS features")
-    linear = sub.add_parser("linear", help="linear probe on frozen (cached) teacher CLS features")
+    linear = sub.add_parser(
+        "linear", help="linear classifier on the frozen teacher: fastdino's fast probe (default) or DINO's protocol",
+        description="Linear classifier on the frozen teacher. --protocol fast (default): fastdino's FAST PROBE, a "
+        "Linear layer trained with AdamW on cached, standardised, L2-normalised CLS features (seconds on a CPU; not "
+        "DINO's protocol, so its numbers do not compare one to one with papers). --protocol dino: DINO's "
+        "eval_linear.py protocol (CLS of the last 4 blocks concatenated, SGD lr 0.001 x batch/256, momentum 0.9, "
+        "cosine per epoch, RandomResizedCrop + flip, the backbone run on every epoch's crops), also the protocol of "
+        "DINO-MC's own eval_linear.py.")
     for p in (knn, linear):
-        p.add_argument("--checkpoint", required=True, type=Path, help="a fastdino checkpoint (RUN/checkpoints/last.pt)")
+        p.add_argument("--checkpoint", required=True, type=Path,
+                       help="a fastdino checkpoint (RUN/checkpoints/last.pt), a DINO / DINO-MC checkpoint.pth, or a "
+                       "backbone state dict (e.g. dino_vits8_pretrain.pth)")
+        p.add_argument("--checkpoint-key", choices=["teacher", "student"], default="teacher",
+                       help="which network of a training checkpoint to evaluate (DINO evaluates the teacher)")
+        p.add_argument("--pos-embed", choices=["timm", "dino"],
+                       help="ViT position-embedding interpolation at other sizes (default: the run's config; DINO's "
+                       "for checkpoints of the original code)")
+        p.add_argument("--arch", help="expected architecture (an error if the checkpoint holds another)")
+        p.add_argument("--patch-size", type=int, help="expected ViT patch size (an error if it holds another)")
         p.add_argument("--data", required=True, type=Path, help="labelled ImageFolder root (ROOT/<class>/<image>)")
         p.add_argument("--train-list", type=Path, help="images to fit on, one path per line relative to --data")
         p.add_argument("--test-list", type=Path, help="images to report on, one path per line relative to --data")
@@ -47,11 +70,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--no-cache", action="store_true", help="extract features again instead of reusing the cache")
         p.add_argument("--cache-dir", type=Path, help="feature cache folder (default: CKPT_DIR/eval_cache)")
         p.add_argument("--output", type=Path, help="results JSON (default: beside the checkpoint)")
+        p.add_argument("--file-bands", help="multispectral: band order of multi-band files (eurosat-ms, esa, esa-12 or "
+                       "B1,B2,...; default: the run's data.file_bands; prepared.json of `fastdino prepare` wins)")
     knn.add_argument("--k", type=int, default=20, help="neighbours that vote")
     knn.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(similarity / T)")
-    linear.add_argument("--epochs", type=int, default=100, help="probe training epochs over the cached features")
-    linear.add_argument("--lr", type=float, default=1e-2, help="probe AdamW learning rate (cosine-decayed)")
-    linear.add_argument("--weight-decay", type=float, default=1e-4, help="probe AdamW weight decay")
+    linear.add_argument("--protocol", choices=list(PROTOCOLS), default="fast",
+                        help="fast: fastdino's fast probe (default); dino: DINO's eval_linear.py protocol")
+    linear.add_argument("--epochs", type=int, default=100, help="training epochs (both protocols: 100)")
+    linear.add_argument("--lr", type=float,
+                        help="fast: AdamW lr, cosine-decayed (default 0.01); dino: SGD lr per 256 images (default "
+                        "0.001, scaled by --linear-batch-size / 256)")
+    linear.add_argument("--weight-decay", type=float, default=1e-4, help="fast probe's AdamW weight decay")
+    linear.add_argument("--linear-batch-size", type=int, default=128,
+                        help="dino protocol: images per SGD step (DINO 128 per GPU; DINO-MC's eval_linear.py 32)")
+    linear.add_argument("--n-last-blocks", type=int, default=4,
+                        help="dino protocol, ViTs: the CLS tokens of the last N blocks, concatenated (DINO: 4, ViT-S)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,18 +100,32 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Everything `fastdino eval` does, returning the result dict that is printed and saved."""
-    backbone, config = load_teacher(args.checkpoint)
+    from fastdino.convert import load_backbone
+
+    loaded = load_backbone(args.checkpoint, which=getattr(args, "checkpoint_key", "teacher"),
+                           arch=getattr(args, "arch", None), patch_size=getattr(args, "patch_size", None),
+                           pos_embed_interp=getattr(args, "pos_embed", None))
+    print(loaded.conversion.describe())
+    backbone, config, conversion = loaded.backbone, loaded.config, loaded.conversion
     if args.random_init:
         backbone = random_init_like(config, args.seed)
-    transform = EvalTransform.from_config(config, args.image_size)
+    if getattr(args, "file_bands", None):  # multispectral: the band order of the evaluated files
+        config.setdefault("data", {})["file_bands"] = args.file_bands
+    transform = EvalTransform.from_config(config, args.image_size, args.data)
     split = load_split(args.data, args.train_list, args.test_list)
     print(split["note"])
+    protocol = getattr(args, "protocol", None) if args.task == "linear" else None
+    if protocol == "dino":
+        if getattr(transform, "bands", None):
+            raise ValueError("--protocol dino (RandomResizedCrop + flip on PIL images) is not implemented for "
+                             "multispectral checkpoints; use the fast probe (--protocol fast)")
+        return _evaluate_dino_linear(args, backbone, config, conversion, transform, split)
 
     start = time.perf_counter()
     feats = {}
     for name in ("train", "test"):
         dataset = ImageDataset(split[f"{name}_paths"], split[f"{name}_labels"], transform)
-        cache = None if args.no_cache else cache_path(args, config, name, dataset, transform)
+        cache = None if args.no_cache else cache_path(args, config, name, dataset, transform, conversion)
         feats[name] = cached_features(
             cache, backbone, dataset, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
             desc=f"{name} features",
@@ -92,33 +139,60 @@ def evaluate(args: argparse.Namespace) -> dict:
         scores = knn_accuracy(xtr, ytr, xte, yte, num_classes, k=args.k, temperature=args.temperature)
         settings = {"k": args.k, "temperature": args.temperature}
     else:
+        lr = 1e-2 if args.lr is None else args.lr
         scores = linear_probe_accuracy(
-            xtr, ytr, xte, yte, num_classes, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+            xtr, ytr, xte, yte, num_classes, epochs=args.epochs, lr=lr, weight_decay=args.weight_decay,
             seed=args.seed,
         )
-        settings = {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay}
+        settings = {"protocol": "fast", "protocol_name": PROTOCOLS["fast"], "epochs": args.epochs, "lr": lr,
+                    "weight_decay": args.weight_decay}
+    return _finish(args, scores, settings, config, conversion, transform, split, len(ytr), len(yte), xtr.shape[1],
+                   feature_seconds, time.perf_counter() - start)
 
+
+def _evaluate_dino_linear(args, backbone, config, conversion, transform, split) -> dict:
+    from .dino_linear import DinoLinearSettings, dino_linear_accuracy
+
+    settings = DinoLinearSettings(epochs=args.epochs, lr=0.001 if args.lr is None else args.lr,
+                                  batch_size=args.linear_batch_size, n_last_blocks=args.n_last_blocks)
+    start = time.perf_counter()
+    scores = dino_linear_accuracy(
+        backbone, split["train_paths"], split["train_labels"], split["test_paths"], split["test_labels"],
+        len(split["classes"]), size=transform.size, mean=transform.mean, std=transform.std, settings=settings,
+        num_workers=args.num_workers, device=args.device, seed=args.seed)
+    feature_dim = scores.pop("feature_dim")
+    info = {"protocol": "dino", "protocol_name": PROTOCOLS["dino"], "epochs": settings.epochs, "lr": settings.lr,
+            "batch_size": settings.batch_size}
+    return _finish(args, scores, info, config, conversion, transform, split, len(split["train_labels"]),
+                   len(split["test_labels"]), feature_dim, 0.0, time.perf_counter() - start)
+
+
+def _finish(args, scores, settings, config, conversion, transform, split, n_train, n_test, feature_dim,
+            feature_seconds, eval_seconds) -> dict:
     output = args.output or default_output(args.checkpoint, args.task, args.random_init)
     result = {
         "task": args.task,
         **scores,
         "checkpoint": str(args.checkpoint.resolve()),
+        "checkpoint_key": conversion.which,
+        "checkpoint_source": conversion.source,
+        "pos_embed_interp": conversion.pos_embed_interp if conversion.arch.startswith("vit") else None,
         "random_init": args.random_init,
         "arch": config.get("model", {}).get("arch"),
-        "checkpoint_epoch": checkpoint_info(args.checkpoint)["epoch"],
+        "checkpoint_epoch": conversion.epoch,
         "data": str(args.data),
         "train_list": str(args.train_list) if args.train_list else None,
         "test_list": str(args.test_list) if args.test_list else None,
         "split": split["note"],
-        "n_train": len(ytr),
-        "n_test": len(yte),
+        "n_train": n_train,
+        "n_test": n_test,
         "classes": split["classes"],
         "image_size": transform.size,
-        "feature_dim": xtr.shape[1],
+        "feature_dim": feature_dim,
         **settings,
         "seed": args.seed,
         "feature_seconds": round(feature_seconds, 2),
-        "eval_seconds": round(time.perf_counter() - start, 2),
+        "eval_seconds": round(eval_seconds, 2),
         "device": str(args.device),
         "fastdino_version": fastdino.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -183,20 +257,26 @@ def stratified_split(labels, test_fraction: float, seed: int) -> tuple[list[int]
     return sorted(train), sorted(test)
 
 
-def cache_path(args: argparse.Namespace, config: dict, name: str, dataset: ImageDataset, transform) -> Path:
+def cache_path(args: argparse.Namespace, config: dict, name: str, dataset: ImageDataset, transform,
+               conversion=None) -> Path:
     """Cache file keyed by everything that changes the features.
 
-    A trained teacher's features depend on the checkpoint file; a random-init backbone's only on the
-    architecture and the seed, so every checkpoint of that architecture shares one random-init cache.
+    A trained teacher's features depend on the checkpoint file, the network read from it (teacher / student) and
+    the position-embedding interpolation; a random-init backbone's only on the architecture and the seed, so every
+    checkpoint of that architecture shares one random-init cache.
     """
     if args.random_init:
         model = json.dumps(backbone_kwargs(config["model"]), sort_keys=True) + f"seed={args.seed}"
     else:
         stat = args.checkpoint.stat()
         model = f"{args.checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        if conversion is not None:
+            model += f":{conversion.which}:{conversion.pos_embed_interp}"
     key = json.dumps([model, [str(p) for p in dataset.paths], dataset.labels, transform.__dict__])
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     tag = "random-init" if args.random_init else args.checkpoint.stem
+    if not args.random_init and conversion is not None and conversion.which == "student":
+        tag += "-student"
     folder = args.cache_dir or args.checkpoint.parent / "eval_cache"
     return folder / f"{tag}_{name}_{digest}.pt"
 
@@ -225,10 +305,12 @@ def format_table(result: dict) -> str:
     model = f"{result['arch']} ({state})"
     if result["task"] == "knn":
         method = f"k-NN k={result['k']} T={result['temperature']}"
-    elif result["task"] == "linear":
-        method = f"linear {result['epochs']} ep"
-    else:  # `fastdino finetune classify` prints its result through this table too
+    elif result["task"] != "linear":  # `fastdino finetune classify` prints its result through this table too
         method = f"{result['task']} {result['epochs']} ep"
+    elif result.get("protocol") == "dino":
+        method = f"linear, DINO protocol, {result['epochs']} ep"
+    else:
+        method = f"linear, fast probe, {result['epochs']} ep"
     rows = [
         ("model", "eval", "train", "test", "size", "top-1", "top-5"),
         (model, method, str(result["n_train"]), str(result["n_test"]), str(result["image_size"]),

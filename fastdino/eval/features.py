@@ -31,12 +31,17 @@ class EvalTransform:
     interpolation: str = "bicubic"
 
     @classmethod
-    def from_config(cls, config: dict, size: int | None = None) -> EvalTransform:
-        """Settings from a checkpoint's resolved config (`config["augment"]`); `size` overrides the crop size."""
+    def from_config(cls, config: dict, size: int | None = None, data_root=None) -> EvalTransform:
+        """Settings from a checkpoint's resolved config (`config["augment"]`); `size` overrides the crop size.
+        data_root: the evaluated data's folder (multispectral: its prepared.json names the band order)."""
         if "augment" not in config:
             raise ValueError("the checkpoint's config has no 'augment' section: cannot tell the normalisation")
         spec = AugmentationSpec.from_dict(config["augment"])
         largest = max(spec.global_views, key=lambda g: g.size)
+        if spec.bands:  # multispectral: the bands read from the files, normalised per band (eval/multispectral.py)
+            from .multispectral import MultispectralEvalTransform
+
+            return MultispectralEvalTransform.from_spec(spec, largest, size, config, data_root)
         return cls(size or largest.size, tuple(spec.mean), tuple(spec.std), largest.interpolation)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
@@ -59,7 +64,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        return self.transform(load_image(self.paths[i])), self.labels[i]
+        load = getattr(self.transform, "load", load_image)  # multispectral transforms read the bands themselves
+        return self.transform(load(self.paths[i])), self.labels[i]
 
 
 def load_image(path: str | Path) -> Image.Image:

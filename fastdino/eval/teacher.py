@@ -1,4 +1,6 @@
-"""The teacher backbone that eval, export and viz read, with errors that say what is wrong with a checkpoint."""
+"""The teacher backbone that eval, export, viz (and finetune) read, with errors that say what is wrong with a
+checkpoint. Every checkpoint goes through fastdino.convert: fastdino's own, the original DINO / DINO-MC code's
+(`teacher` / `student` dicts with `module.` / `backbone.` prefixes), or a bare backbone state dict."""
 
 from __future__ import annotations
 
@@ -7,40 +9,35 @@ from pathlib import Path
 import torch
 
 
-def load_teacher(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    """(teacher backbone in eval mode, resolved config) of a checkpoint; a clear error when it cannot be built.
+def load_teacher(path: str | Path, *, which: str = "teacher", arch: str | None = None, patch_size: int | None = None,
+                 pos_embed_interp: str | None = None, echo=None) -> tuple[torch.nn.Module, dict]:
+    """(backbone in eval mode, resolved config) of a checkpoint; a clear error when it cannot be built.
 
+    which: "teacher" (default, the network DINO evaluates) or "student". arch / patch_size: the model the caller
+    expects (an error names what the file holds instead). pos_embed_interp: "timm" | "dino" (default: the run's
+    config, DINO's for original checkpoints). echo: called with the conversion report (what was read and how).
     The usual failure is a checkpoint whose weights do not fit the architecture its config names (a file from
     another run, or a config edited by hand): that error names the arch and the first mismatching keys.
     """
-    from fastdino.checkpoint import load_checkpoint, load_teacher_backbone
+    from fastdino.convert import load_backbone
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--checkpoint {path} does not exist (expected RUN/checkpoints/last.pt)")
-    try:
-        return load_teacher_backbone(path)
-    except RuntimeError as e:
-        if "state_dict" not in str(e):
-            raise ValueError(str(e)) from e  # unreadable file: checkpoint.py's message already names it
-        config = load_checkpoint(path).get("config", {})
-        model = config.get("model", {})
-        details = "; ".join(line.strip() for line in str(e).splitlines()[1:4])
-        raise ValueError(
-            f"checkpoint {path}: its teacher weights do not fit arch {model.get('arch')!r} "
-            f"(patch_size={model.get('patch_size')}, img_size={model.get('img_size')}) named in its config; "
-            f"was it trained with another architecture? {details}"
-        ) from e
-    except KeyError as e:
-        raise ValueError(f"checkpoint {path} lacks {e} (not a fastdino checkpoint?)") from e
+    loaded = load_backbone(path, which=which, arch=arch, patch_size=patch_size, pos_embed_interp=pos_embed_interp)
+    if echo is not None:
+        echo(loaded.conversion.describe())
+    return loaded.backbone, loaded.config
 
 
 def checkpoint_info(path: str | Path) -> dict:
-    """epoch (the next one to run, i.e. epochs done), iteration and fastdino_version of a checkpoint.
+    """epoch (the next one to run, i.e. epochs done), iteration and fastdino_version of a checkpoint (None where the
+    file has no such entry: a DINO checkpoint has no iteration, a bare state dict none of them).
 
     Memory-mapped: only these small entries are read, not the optimiser state."""
-    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return {k: saved.get(k) for k in ("epoch", "iteration", "fastdino_version")}
+    from fastdino.convert import read_checkpoint
+
+    saved = read_checkpoint(path, mmap=True)
+    keys = ("epoch", "iteration", "fastdino_version")
+    return {k: saved.get(k) if isinstance(saved, dict) and not isinstance(saved.get(k), torch.Tensor) else None
+            for k in keys}
 
 
 def random_init_like(config: dict, seed: int = 0) -> torch.nn.Module:

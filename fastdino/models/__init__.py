@@ -2,6 +2,7 @@
 
 from .attention import ATTN_BACKENDS, resolve_attn_backend
 from .backbone import TimmBackbone
+from .batchnorm import AllReduceBatchNorm, convert_sync_batchnorm, has_batchnorms
 from .factory import create_backbone, list_backbones
 from .head import DINOHead
 from .reference import reference_forward_views
@@ -10,11 +11,14 @@ from .wrapper import MultiCropWrapper
 
 __all__ = [
     "ATTN_BACKENDS",
+    "AllReduceBatchNorm",
     "DINOHead",
     "MultiCropWrapper",
     "PackedViT",
     "TimmBackbone",
+    "convert_sync_batchnorm",
     "create_backbone",
+    "has_batchnorms",
     "list_backbones",
     "reference_forward_views",
     "resolve_attn_backend",

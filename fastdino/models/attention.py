@@ -6,6 +6,14 @@ Backends (resolved once per device type, and logged):
 - "sdpa": PyTorch `scaled_dot_product_attention` once per size group, batched over that group's crops.
 - "auto": xformers on CUDA tensors when it imports, sdpa otherwise.
 xformers warns at import on machines without CUDA, so it is imported only when a CUDA tensor asks for it.
+
+xformers runs only fp16/bf16 attention (`attention_kernel`): an xformers wheel built for torch 2.11 / CUDA 13 may
+carry only its flash operator, which has no fp32 path, so fp32 attention (an fp32 run) takes the sdpa path.
+
+"xformers-dense" (tests only, not a config choice): the xformers path itself, with the same masks built by the same
+`block_diagonal_mask`, but xformers' kernel replaced by SDPA over the mask that xformers materialises to a dense
+[queries, keys] bias. Any device; memory grows with the square of the packed length. It lets the CPU tests prove the
+masks, the packing and the unpacking of the CUDA path against the per-size reference.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from timm.layers import Attention
 from .packing import PackedLayout, cls_rows
 
 ATTN_BACKENDS = ("auto", "xformers", "sdpa")
+XFORMERS_DENSE = "xformers-dense"  # see the module docstring: for tests, never chosen by "auto"
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 _logger = logging.getLogger("fastdino.models")
 
@@ -34,7 +44,7 @@ def xformers_available() -> bool:
 
 
 def check_attn_backend(backend: str) -> str:
-    if backend not in ATTN_BACKENDS:
+    if backend not in (*ATTN_BACKENDS, XFORMERS_DENSE):
         raise ValueError(f"attn_backend must be one of {ATTN_BACKENDS}, got {backend!r}")
     return backend
 
@@ -49,12 +59,17 @@ def resolve_attn_backend(backend: str, device_type: str) -> str:
     key = (backend, device_type)
     if key not in _resolved:
         _resolved[key] = _resolve(backend, device_type)
-        _logger.info("packed attention backend on %s: %s (requested %r)", device_type, _resolved[key], backend)
+        note = " for fp16/bf16 attention, sdpa for fp32" if _resolved[key] == "xformers" else ""
+        _logger.info("packed attention backend on %s: %s%s (requested %r)", device_type, _resolved[key], note, backend)
     return _resolved[key]
 
 
 def _resolve(backend: str, device_type: str) -> str:
     check_attn_backend(backend)
+    if backend == XFORMERS_DENSE:
+        if not xformers_available():
+            raise RuntimeError(f"attn_backend={XFORMERS_DENSE!r} builds xformers' masks, but xformers does not import")
+        return backend
     if backend == "xformers":
         if device_type != "cuda":
             raise RuntimeError(
@@ -70,12 +85,21 @@ def _resolve(backend: str, device_type: str) -> str:
     return backend
 
 
+def attention_kernel(backend: str, dtype: torch.dtype) -> str:
+    """The kernel one packed attention call runs, from the resolved backend and the dtype of q/k/v: "xformers" only
+    for fp16/bf16 (an xformers wheel may have only its flash operator, fp16/bf16 only), "sdpa" for other dtypes."""
+    if backend == "xformers" and dtype not in HALF_DTYPES:
+        return "sdpa"
+    return backend
+
+
 _masks: dict = {}
 
 
-def _block_diagonal_mask(layout: PackedLayout, device: torch.device, cls_queries: bool = False):
-    """xformers' mask for the layout, built once per (layout, device): it holds the crops' start offsets.
-    cls_queries: one query per crop (its CLS token) against all of the crop's keys."""
+def block_diagonal_mask(layout: PackedLayout, device: torch.device, cls_queries: bool = False):
+    """xformers' `BlockDiagonalMask` for the layout, built once per (layout, device): it holds the crops' start
+    offsets. Every query attends to the keys of its own crop only. cls_queries (the CLS-only last block): one query
+    per crop, its CLS token, against all of the crop's keys: `BlockDiagonalMask.from_seqlens([1] * crops, seqlens)`."""
     key = (layout, device, cls_queries)
     if key not in _masks:
         from xformers.ops import fmha
@@ -86,20 +110,40 @@ def _block_diagonal_mask(layout: PackedLayout, device: torch.device, cls_queries
     return _masks[key]
 
 
+def block_diagonal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, dropout_p: float,
+                             scale: float, dense: bool = False) -> torch.Tensor:
+    """Attention over the packed sequence: q [1, Nq, heads, head_dim], k and v [1, N, heads, head_dim] ->
+    [1, Nq, heads, head_dim]. dense=False: xformers' `memory_efficient_attention` with the mask (CUDA). dense=True:
+    the mask materialised by xformers itself (0 inside a crop, -inf elsewhere) and SDPA: the same attention, on any
+    device, for the tests."""
+    if not dense:
+        from xformers.ops import memory_efficient_attention
+
+        return memory_efficient_attention(q, k, v, attn_bias=mask, p=dropout_p, scale=scale)
+    bias = mask.materialize((q.shape[1], k.shape[1]), dtype=q.dtype, device=q.device)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=bias,
+                                         dropout_p=dropout_p, scale=scale)
+    return out.transpose(1, 2)
+
+
+def _attn_dim(attn: Attention) -> int:
+    """heads * head_dim. timm's Attention has `attn_dim` from 1.0.23 on; computed on older timm."""
+    return getattr(attn, "attn_dim", attn.num_heads * attn.head_dim)
+
+
 def packed_attention(attn: Attention, x: torch.Tensor, layout: PackedLayout, backend: str) -> torch.Tensor:
     """timm's `Attention.forward` for a packed [N, D] sequence, with its own qkv / norms / proj modules, so the
     weights (and the state dict) stay timm's."""
-    n = x.shape[0]
+    n, attn_dim = x.shape[0], _attn_dim(attn)
     qkv = attn.qkv(x).view(n, 3, attn.num_heads, attn.head_dim)
     dropout_p = attn.attn_drop.p if attn.training else 0.0
-    if backend == "xformers":
-        from xformers.ops import memory_efficient_attention
-
+    kernel = attention_kernel(backend, qkv.dtype)
+    if kernel in ("xformers", XFORMERS_DENSE):
         q, k, v = qkv.unsqueeze(0).unbind(2)  # [1, N, heads, head_dim]
         q, k = attn.q_norm(q), attn.k_norm(k)
-        mask = _block_diagonal_mask(layout, x.device)
-        out = memory_efficient_attention(q, k, v, attn_bias=mask, p=dropout_p, scale=attn.scale)
-        out = out.reshape(n, attn.attn_dim)
+        out = block_diagonal_attention(q, k, v, block_diagonal_mask(layout, x.device), dropout_p=dropout_p,
+                                       scale=attn.scale, dense=kernel == XFORMERS_DENSE)
+        out = out.reshape(n, attn_dim)
     else:
         outs = []
         for g, qkv_g in zip(layout.groups, qkv.split(layout.group_tokens), strict=True):
@@ -107,7 +151,7 @@ def packed_attention(attn: Attention, x: torch.Tensor, layout: PackedLayout, bac
             q, k, v = qkv_g.permute(2, 0, 3, 1, 4).unbind(0)  # [crops, heads, seq_len, head_dim]
             q, k = attn.q_norm(q), attn.k_norm(k)
             o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=attn.scale)
-            outs.append(o.transpose(1, 2).reshape(g.crops * g.seq_len, attn.attn_dim))
+            outs.append(o.transpose(1, 2).reshape(g.crops * g.seq_len, attn_dim))
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
     out = attn.norm(out)
     out = attn.proj(out)
@@ -118,19 +162,18 @@ def packed_cls_attention(attn: Attention, x: torch.Tensor, layout: PackedLayout,
     """`packed_attention`'s output at the CLS rows only, [n_crops, D]: keys and values from every token, but
     queries (and the output projection) for one token per crop. DINO reads only the CLS token after the last
     block, so there this is the same result for about a twelfth of the block's work on the other tokens."""
-    n, dim = x.shape[0], attn.attn_dim
+    n, dim = x.shape[0], _attn_dim(attn)
     w_q, w_kv = attn.qkv.weight.split([dim, 2 * dim])
     b_q, b_kv = attn.qkv.bias.split([dim, 2 * dim]) if attn.qkv.bias is not None else (None, None)
     kv = F.linear(x, w_kv, b_kv).view(n, 2, attn.num_heads, attn.head_dim)
     q = F.linear(cls_rows(x, layout), w_q, b_q).view(layout.n_crops, attn.num_heads, attn.head_dim)
     dropout_p = attn.attn_drop.p if attn.training else 0.0
-    if backend == "xformers":
-        from xformers.ops import memory_efficient_attention
-
+    kernel = attention_kernel(backend, q.dtype)
+    if kernel in ("xformers", XFORMERS_DENSE):
         k, v = kv.unsqueeze(0).unbind(2)  # [1, N, heads, head_dim]
         q, k = attn.q_norm(q.unsqueeze(0)), attn.k_norm(k)
-        mask = _block_diagonal_mask(layout, x.device, cls_queries=True)
-        out = memory_efficient_attention(q, k, v, attn_bias=mask, p=dropout_p, scale=attn.scale)
+        out = block_diagonal_attention(q, k, v, block_diagonal_mask(layout, x.device, cls_queries=True),
+                                       dropout_p=dropout_p, scale=attn.scale, dense=kernel == XFORMERS_DENSE)
         out = out.reshape(layout.n_crops, dim)
     else:
         outs = []

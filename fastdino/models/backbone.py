@@ -27,15 +27,16 @@ class TimmBackbone(nn.Module):
     """A timm model returning its pooled feature [B, D] (num_classes=0), with the per-size multi-crop path.
 
     timm_name / timm_kwargs: what `timm.create_model(timm_name, num_classes=0, **timm_kwargs)` needs to rebuild
-    `timm_model` for export (training-only settings such as drop_path_rate are left out of timm_kwargs)."""
+    `timm_model` for export (training-only settings such as drop_path_rate, and init_kwargs, which only change
+    the initial weights, are left out of timm_kwargs)."""
 
     def __init__(self, timm_name: str, *, drop_path_rate: float = 0.0, grad_checkpointing: bool = False,
-                 floor_to: int = 1, **timm_kwargs):
+                 floor_to: int = 1, init_kwargs: dict | None = None, **timm_kwargs):
         super().__init__()
         self.timm_name = timm_name
         self.timm_kwargs = dict(timm_kwargs)
         self.timm_model = timm.create_model(timm_name, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate,
-                                            **self.timm_kwargs)
+                                            **(init_kwargs or {}), **self.timm_kwargs)
         self.embed_dim = self.timm_model.num_features
         self.patch_size = floor_to  # inputs are floored to a multiple of it; 1 for CNNs: nothing to floor
         self.set_grad_checkpointing(grad_checkpointing)

@@ -4,7 +4,8 @@ Built on a timm VisionTransformer (`self.timm_model`), whose modules and weights
 is timm's and exports as is. `forward(x)` is timm's own forward (one size); `forward_views(views)`:
 1. each size group is patch-embedded by the Conv2d(stride=patch), which floors sizes that are not multiples
    of the patch (164 px at patch 8 -> 20x20), exactly like the original DINO code;
-2. the position embedding is resampled to the group's grid (bicubic, one cached matrix per grid);
+2. the position embedding is resampled to the group's grid (bicubic, one cached matrix per grid; timm's
+   interpolation, or DINO's with `pos_embed_interp="dino"` for weights from the original code: pos_embed.py);
 3. the tokens of all crops are concatenated into one [N, D] sequence; every block runs its norms, qkv,
    proj and MLP once over it, attention is block-diagonal (see attention.py), drop-path is per crop;
 4. the last block computes keys and values for every token but everything else only for the CLS rows,
@@ -33,10 +34,11 @@ from .pos_embed import PosEmbedInterpolator
 
 
 class PackedViT(TimmBackbone):
-    """A timm ViT with a packed multi-crop forward (construction and `forward(x)` are TimmBackbone's)."""
+    """A timm ViT with a packed multi-crop forward (construction is TimmBackbone's; `forward(x)` too, unless the
+    position embedding is interpolated DINO's way)."""
 
     def __init__(self, timm_name: str, *, drop_path_rate: float = 0.0, attn_backend: str = "auto",
-                 grad_checkpointing: bool = False, **timm_kwargs):
+                 grad_checkpointing: bool = False, pos_embed_interp: str = "timm", **timm_kwargs):
         # dynamic_img_size: timm's own forward then accepts every crop size (it resamples the position embedding).
         super().__init__(timm_name, drop_path_rate=drop_path_rate, grad_checkpointing=grad_checkpointing,
                          **timm_kwargs, dynamic_img_size=True)
@@ -44,7 +46,14 @@ class PackedViT(TimmBackbone):
         self.attn_backend = check_attn_backend(attn_backend)
         self.patch_size = self.timm_model.patch_embed.patch_size[0]
         self.n_prefix = self.timm_model.num_prefix_tokens
-        self.pos_interp = PosEmbedInterpolator(self.timm_model.patch_embed.grid_size, self.n_prefix)
+        self.pos_interp = PosEmbedInterpolator(self.timm_model.patch_embed.grid_size, self.n_prefix, pos_embed_interp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The CLS feature [B, D] of one batch of one size: timm's forward, or with DINO's position-embedding
+        interpolation (which timm's forward cannot do) the packed pass over this one view."""
+        if self.pos_interp.mode == "timm":
+            return super().forward(x)
+        return self.forward_views([x])
 
     def forward_views(self, views: list[torch.Tensor]) -> torch.Tensor:
         """CLS features [sum B_v, D] of all views, in view order, from one packed pass."""
@@ -114,7 +123,9 @@ def _check_supported(model: nn.Module, name: str) -> None:
         model.cls_token is not None and model.reg_token is None and not model.no_embed_class
         and model.pos_embed is not None and model.global_pool == "token" and model.attn_pool is None
         and isinstance(model.patch_drop, nn.Identity)
-        and all(type(b) is Block and type(b.attn) is Attention and b.attn.gate is None for b in model.blocks)
+        # `attn.gate` (a gated attention output) exists from timm 1.0.28 on; absent = no gate
+        and all(type(b) is Block and type(b.attn) is Attention and getattr(b.attn, "gate", None) is None
+                for b in model.blocks)
     )
     if not ok:
         raise ValueError(f"PackedViT supports plain CLS-token timm ViTs (vit_tiny/small/base...); {name!r} is not one")

@@ -1,0 +1,134 @@
+"""The DALI pipeline's feeder for multispectral images: arrays and each view's drawn parameters.
+
+DALI has no decoder for 13-band TIFFs, so the files are read here, in Python, by the same `BandReader` the torch
+pipeline uses (.npy: one read; `fastdino prepare` turns GeoTIFFs and band trees into .npy). With each image the
+feeder sends what every view drew, from the torch pipeline's own generator (`np.random.default_rng([seed, epoch,
+index])`, the same calls in the same order): the crop window, the flip, the colour map (`ms_augment.colour_affine`,
+split into a per-band gain and offset and a 3 x 3 block on B4, B3, B2) and the blur sigma. DALI does the pixel
+work (resize, colour, blur, flip, normalise: dali_ms_graph.py). So both pipelines draw the same views from the
+same seed, and a resume inside an epoch needs nothing but the position: the draws are a function of (seed, epoch,
+index), not of DALI's generators.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .dali_pipeline import _Feeder
+from .ms_augment import colour_blocks
+from .multispectral import rgb_indices
+from .sources import SeCoLocation
+from .torch_pipeline import _name, draw_dates, sample_view_params
+
+_DALI_DTYPES = (np.uint8, np.uint16, np.int16, np.float32)  # what DALI's resize reads; others become float32
+
+
+def has_colour(group) -> bool:
+    """Whether a view group ever changes colour (DINO-TP's plain views never do: no colour inputs, no colour ops)."""
+    return group.jitter_p > 0 or group.grayscale_p > 0
+
+
+def param_layout(n_bands: int) -> dict[str, slice]:
+    """Where each drawn parameter sits in a view's row of the per-sample [views, P] float32 array: one array per
+    sample instead of eight per view (feeding many small arrays cost more than the pixel work)."""
+    c = n_bands
+    return {"roi": slice(0, 4), "sigma": slice(4, 5), "blur": slice(5, 6), "mirror": slice(6, 7),
+            "mean": slice(7, 7 + c), "std": slice(7 + c, 7 + 2 * c), "block": slice(7 + 2 * c, 16 + 2 * c),
+            "block_t": slice(16 + 2 * c, 19 + 2 * c)}
+
+
+class MSFeeder(_Feeder):
+    """For DALI iteration j: the images (one slot, or `n_dates` for DINO-TP) and every view's parameters."""
+
+    files_per_image = 1
+
+    def __init__(self, items, sampler, batch_size, spec, temporal, seed, strict, reader):
+        super().__init__(items, sampler, batch_size, spec.n_dates, 1, temporal, seed, strict)
+        self.spec, self.reader = spec, reader
+        self.groups = spec.views()
+        self.n_slots = spec.n_dates if temporal else 1
+        rgb = rgb_indices(tuple(spec.bands))
+        self.rgb = sorted(rgb) if rgb is not None else None  # the order of dali_ms_graph's 3 x 3 block
+        self.mean, self.std = np.asarray(spec.mean, np.float64), np.asarray(spec.std, np.float64)
+        self.layout = param_layout(len(spec.bands))
+        self.n_params = self.layout["block_t"].stop
+
+    def __call__(self, info):
+        b = self.start + info.iteration
+        if b >= self.n_batches:
+            raise StopIteration
+        samples, used = [], []
+        for i in self.order[b * self.batch_size:(b + 1) * self.batch_size]:
+            outputs, item = self._ms_sample(i)
+            samples.append(outputs)
+            used.append(item)
+        self.in_flight[b] = used
+        return tuple(list(col) for col in zip(*samples, strict=True))
+
+    def _ms_sample(self, index: int):
+        """As MultiViewDataset.__getitem__: an unreadable item is replaced by the next one, with that one's draws."""
+        for k in range(len(self.items)):
+            i = (index + k) % len(self.items)
+            item = self.items[i]
+            if _name(item) in self.bad:
+                continue
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            try:
+                slots, per_view = self._load(item, rng)
+            except Exception as e:
+                if self.strict:
+                    raise RuntimeError(f"cannot read image {_name(item)!r}: {e}") from e
+                self.bad.add(_name(item))
+                continue
+            params = np.zeros((len(self.groups), self.n_params), dtype=np.float32)
+            for v, (group, img) in enumerate(zip(self.groups, per_view, strict=True)):
+                self._view(group, img, rng, params[v])
+            outputs = [_dali_array(a) for a in slots] + [params]
+            return outputs, item
+        raise RuntimeError(f"every image of the dataset failed to load; first ones: {sorted(self.bad)[:5]}")
+
+    def _load(self, item, rng):
+        """(images of the slots, the image of each view); temporal: n_dates draws of readable acquisitions."""
+        if not isinstance(item, SeCoLocation):
+            image = self.reader(item)
+            return [image], [image] * len(self.groups)
+        images = {}
+        for a in item.acquisitions:
+            try:
+                images[a.name] = self.reader(a)
+            except Exception as e:
+                if self.strict:
+                    raise RuntimeError(f"cannot read image {_name(a)!r}: {e}") from e
+                self.bad.add(_name(a))
+        names = [a.name for a in item.acquisitions if a.name in images]
+        if not names:
+            raise OSError(f"no readable acquisition in location {item.name!r}")
+        slots = [images[names[j]] for j in draw_dates(len(names), self.spec.n_dates, rng)]
+        return slots, [slots[g.date] for g in self.groups]
+
+    def _view(self, group, img: np.ndarray, rng, row: np.ndarray) -> None:
+        """Draw one view's parameters (the torch pipeline's calls, in its order) into its row (param_layout)."""
+        height, width = img.shape[:2]
+        p = sample_view_params(group, width, height, rng)
+        top, left, h, w = p.crop
+        if group.colour_before_crop and p.flip:  # the reference flips the whole image, then crops
+            left = width - left - w
+        at = self.layout
+        row[at["roi"]] = (top, left, top + h, left + w)
+        row[at["sigma"]] = p.blur_sigma or 0.0
+        row[at["blur"]] = p.blur_sigma is not None
+        row[at["mirror"]] = p.flip
+        if has_colour(group):
+            # Every band's gain g and offset o fold into the normalisation: (g x + o - m) / s = (x - (m - o) / g) /
+            # (s / g); B4, B3, B2 have g = 1, o = 0 there and their 3 x 3 block runs before it.
+            gain, offset, block, block_t = colour_blocks(group, p, self.spec.bands, self.spec.mean, self.rgb)
+            gain = np.maximum(gain, 1e-6)  # a brightness or contrast factor of exactly 0 (strength 1) stays finite
+            row[at["mean"]], row[at["std"]] = (self.mean - offset) / gain, self.std / gain
+            row[at["block"]], row[at["block_t"]] = block.reshape(-1), block_t
+
+    def find_culprits(self, first_batch: int) -> list[str]:
+        return []  # files are read here, in Python: a DALI failure is not a file's fault
+
+
+def _dali_array(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a if a.dtype in _DALI_DTYPES else a.astype(np.float32))
