@@ -55,9 +55,9 @@ def bigearthnet_patches(n: int, offset: int = 0) -> dict[str, list[str]]:
 
 
 def make_oscd(root: Path, cities: dict[str, tuple[int, int]], *, train: list[str], test: list[str], seed: int = 0,
-              rect: bool = False, png: bool = False) -> Path:
-    """The OSCD release layout: per city two dates of B02-B04 bands and a change mask; changed pixels are brighter
-    in date 2. `cities` maps name -> (height, width)."""
+              rect: bool = False, png: bool = False, bands: tuple[str, ...] = ("B02", "B03", "B04")) -> Path:
+    """The OSCD release layout: per city two dates of `bands` (at least B02-B04) and a change mask; changed pixels
+    are brighter in date 2. `cities` maps name -> (height, width)."""
     rng = np.random.default_rng(seed)
     images = root / f"{RELEASE}Images"
     for name, (h, w) in cities.items():
@@ -71,7 +71,7 @@ def make_oscd(root: Path, cities: dict[str, tuple[int, int]], *, train: list[str
         product = f"S2A_OPER_MSI_L1C_TL_SGS__20160929T154211_A006640_T32TMR_{name}"
         rgb = {}
         for date in (1, 2):
-            for band in ("B02", "B03", "B04"):
+            for band in bands:
                 values = rng.normal(1200, 150, (h, w)) + (1500 * mask if date == 2 else 0)
                 write_band(images / name / f"imgs_{date}" / f"{product}_{band}.tif", np.clip(values, 0, 65535))
                 if rect:
@@ -84,6 +84,33 @@ def make_oscd(root: Path, cities: dict[str, tuple[int, int]], *, train: list[str
     (images / "train.txt").write_text(",".join(train))
     (images / "test.txt").write_text(",".join(test))
     return root
+
+
+def make_ms_checkpoint(run_dir: Path, bands: list[str], mean: list[float], std: list[float], *, img_size: int = 32,
+                       file_bands=None) -> Path:
+    """RUN/checkpoints/last.pt of a multispectral run: a random ViT-Tiny/8 with in_chans = len(bands), its config
+    naming the bands and their per-band statistics (what `fastdino train` writes for data.bands)."""
+    import torch
+    from _eval_fixtures import tiny_config
+
+    import fastdino
+    from fastdino.config import backbone_kwargs, head_kwargs
+    from fastdino.models import DINOHead, create_backbone
+
+    config = tiny_config(img_size)
+    config["model"]["in_chans"] = len(bands)
+    config["augment"].update(bands=list(bands), mean=list(mean), std=list(std))
+    config["data"]["bands"], config["data"]["file_bands"] = list(bands), file_bands
+    torch.manual_seed(0)
+    backbone = create_backbone(**backbone_kwargs(config["model"]))
+    head = DINOHead(backbone.embed_dim, **head_kwargs(config["model"]))
+    teacher = torch.nn.ModuleDict({"backbone": backbone, "head": head}).state_dict()
+    state = {"config": config, "student": teacher, "teacher": teacher, "optimizer": {}, "scaler": None,
+             "dino_loss": {}, "epoch": 2, "iteration": 20, "rng": {}, "fastdino_version": fastdino.__version__}
+    path = run_dir / "checkpoints" / "last.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
 
 
 def write_lists(root: Path, split_of: dict[str, str]) -> dict[str, Path]:

@@ -22,13 +22,14 @@ import torch
 import torch.nn as nn
 
 from . import common
-from .backbones import load_backbone, set_drop_path
+from .backbones import backbone_from_args, set_drop_path
 from .change_model import ChangeNet
 from .data_oscd import (
     SOURCES,
     TILE,
     ChangeTiles,
     City,
+    city_scale,
     crop_padded,
     find_layout,
     read_city,
@@ -57,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="imgs_1/imgs_2 band TIFFs (DINO-MC), the co-registered imgs_*_rect bands, or the pair/ "
                              "RGB pngs [bands]")
     parser.add_argument("--normalize", choices=("none", "checkpoint"),
-                        help="input scaling after [0, 1]: none (DINO-MC) or the checkpoint's mean/std [none]")
+                        help="RGB input scaling after [0, 1]: none (DINO-MC) or the checkpoint's mean/std [none]; a "
+                             "multispectral backbone always gets its per-band statistics")
     parser.add_argument("--train-backbone", action="store_true", default=None,
                         help="train the encoder too (DINO-MC freezes it)")
     parser.add_argument("--val-every", type=int, default=1, help="epochs between validations")
@@ -70,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_cities(args) -> tuple[dict[str, list[City]], dict[str, str]]:
-    """{split: cities} read and checked up front (missing masks, mismatched pairs), and where each came from."""
+def read_cities(args, bands=None) -> tuple[dict[str, list[City]], dict[str, str]]:
+    """{split: cities} read and checked up front (missing masks, mismatched pairs), and where each came from.
+    bands: a multispectral backbone's bands (None: RGB)."""
     layout = find_layout(args.data, args.train_labels, args.test_labels, args.train_list, args.test_list)
     train_names = read_city_list(layout.lists["train"])
     names = {"train": train_names}
@@ -90,8 +93,8 @@ def read_cities(args) -> tuple[dict[str, list[City]], dict[str, str]]:
             raise FileNotFoundError(f"test cities listed in {layout.lists['test']} but no test labels folder: "
                                     f"pass --test-labels")
         names["test"] = read_city_list(layout.lists["test"])
-    cities = {split: [read_city(layout.images, layout.labels["test" if split == "test" else "train"], n, args.source)
-                      for n in city_names] for split, city_names in names.items()}
+    cities = {split: [read_city(layout.images, layout.labels["test" if split == "test" else "train"], n, args.source,
+                                bands) for n in city_names] for split, city_names in names.items()}
     where = {"images": str(layout.images), **{f"{k}_labels": str(v) for k, v in layout.labels.items()},
              **{f"{k}_list": str(v) for k, v in layout.lists.items()}}
     return cities, where
@@ -102,17 +105,16 @@ def finetune(args: argparse.Namespace) -> dict:
     recipe.pop("scale_lr")
     recipe["lr"] = recipe["base_lr"]
     recipe["tile_size"] = recipe.pop("img_size")
-    cities, where = read_cities(args)
-    recipe.update(train_list=where["train_list"], source=str(args.checkpoint), random_init=bool(args.random_init))
-    resume_from = common.prepare_output(args.output, resume=args.resume, overwrite=args.overwrite)
-    saved = None
-    if resume_from is not None:
-        saved = torch.load(resume_from, map_location="cpu", weights_only=True)
-        recipe = common.merge_saved_recipe(saved, recipe, TASK, resume_from)
+    layout = find_layout(args.data, args.train_labels, args.test_labels, args.train_list, args.test_list)
+    recipe.update(train_list=str(layout.lists["train"]), source=str(args.checkpoint),
+                  random_init=bool(args.random_init))
+    resume_from = common.check_output(args.output, resume=args.resume, overwrite=args.overwrite)
+    saved, recipe = common.load_resume(resume_from, recipe, TASK)
     device = common.resolve_device(args.device)
     common.seed_everything(recipe["seed"])
-    loaded = load_backbone(args.checkpoint, random_init=recipe["random_init"], arch=args.arch,
-                           patch_size=args.patch_size, img_size=recipe["tile_size"], seed=recipe["seed"])
+    loaded = backbone_from_args(args, random_init=recipe["random_init"], img_size=recipe["tile_size"],
+                                seed=recipe["seed"])
+    cities, where = read_cities(args, loaded.bands)
     set_drop_path(loaded.backbone, recipe["drop_path"])
     model = ChangeNet(loaded.backbone, freeze_encoder=not recipe["train_backbone"]).to(device)
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
@@ -121,15 +123,20 @@ def finetune(args: argparse.Namespace) -> dict:
     if saved is not None:
         common.restore(saved, model, optimizer, scheduler)
         history, start_epoch = list(saved["history"]), int(saved["epoch"])
-    mean, std = (loaded.mean, loaded.std) if recipe["normalize"] == "checkpoint" else (None, None)
+    mean, std = common.input_normalisation(loaded, recipe["normalize"], args.normalize)
     tile = recipe["tile_size"]
     train_set = ChangeTiles(cities["train"], tile, augment=True, mean=mean, std=std)
     notes = {split: [c.name for c in cs] for split, cs in cities.items()}
+    if resume_from is None:
+        common.create_output(args.output, overwrite=args.overwrite)
     common.write_json(Path(args.output) / "config.json", {"task": TASK, **recipe, "cities": notes, **where,
-                                                          "source_images": args.source, "model": loaded.arch})
-    print(f"{TASK}: {loaded.arch} ({loaded.state}), encoder {'trained' if recipe['train_backbone'] else 'frozen'}; "
-          f"{len(cities['train'])} train cities, {len(train_set)} tiles of {tile} px; {recipe['epochs']} epochs, "
-          f"batch {recipe['batch_size']}, Adam lr {recipe['lr']:g}, device {device}")
+                                                          "source_images": args.source, "model": loaded.arch,
+                                                          "bands": loaded.bands})
+    inputs = f"bands {', '.join(loaded.bands)}" if loaded.bands else "RGB"
+    print(f"{TASK}: {loaded.arch} ({loaded.state}), {inputs}, encoder "
+          f"{'trained' if recipe['train_backbone'] else 'frozen'}; {len(cities['train'])} train cities, "
+          f"{len(train_set)} tiles of {tile} px; {recipe['epochs']} epochs, batch {recipe['batch_size']}, Adam lr "
+          f"{recipe['lr']:g}, device {device}")
     train_loader = common.make_loader(train_set, recipe["batch_size"], args.num_workers, shuffle=True,
                                       seed=recipe["seed"], drop_last=len(train_set) >= recipe["batch_size"])
     criterion = nn.BCEWithLogitsLoss()
@@ -150,9 +157,12 @@ def finetune(args: argparse.Namespace) -> dict:
     if scored is None:
         raise ValueError("nothing to score: give test cities (--test-list or Images/test.txt)")
     scores, per_city, maps = evaluate(model, cities[scored], tile, recipe["batch_size"], device, mean, std)
+    if loaded.bands:
+        recipe = {**recipe, "normalize": "checkpoint"}  # multispectral: always the per-band statistics
     result = {
         "task": TASK, "scored_split": scored, "threshold": THRESHOLD, **scores, "per_city": per_city,
         "arch": loaded.arch, "random_init": loaded.random_init, "checkpoint": loaded.source, "state": loaded.state,
+        "conversion": loaded.conversion, "bands": loaded.bands,
         "encoder": "trained" if recipe["train_backbone"] else "frozen",
         "n_train_tiles": len(train_set), "cities": notes, "tile_size": tile, "source_images": args.source,
         **{k: recipe[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "normalize", "drop_path", "seed")},
@@ -174,8 +184,9 @@ def predict_city(model: nn.Module, city: City, tile: int, batch_size: int, devic
     canvas = np.zeros((math.ceil(height / tile) * tile, math.ceil(width / tile) * tile), dtype=np.float32)
     for start in range(0, len(origins), batch_size):
         chunk = origins[start:start + batch_size]
-        a = torch.stack([to_tensor(crop_padded(city.image1, y, x, tile), mean, std) for y, x in chunk])
-        b = torch.stack([to_tensor(crop_padded(city.image2, y, x, tile), mean, std) for y, x in chunk])
+        scale = city_scale(city)
+        a = torch.stack([to_tensor(crop_padded(city.image1, y, x, tile), mean, std, scale) for y, x in chunk])
+        b = torch.stack([to_tensor(crop_padded(city.image2, y, x, tile), mean, std, scale) for y, x in chunk])
         prob = torch.sigmoid(model(a.to(device), b.to(device)).float())[:, 0].cpu().numpy()
         for (y, x), p in zip(chunk, prob, strict=True):
             canvas[y:y + tile, x:x + tile] = p
@@ -197,12 +208,22 @@ def evaluate(model, cities: list[City], tile: int, batch_size: int, device, mean
 def masks_picture(cities: list[City], maps: list[np.ndarray], per_city: dict, output: Path, result: dict) -> Path:
     from .plots import change_masks_figure
 
-    rows = [{"name": c.name, "image1": c.image1, "image2": c.image2, "truth": c.mask.astype(np.float32),
+    rows = [{"name": c.name, "image1": display(c, c.image1), "image2": display(c, c.image2),
+             "truth": c.mask.astype(np.float32),
              "prediction": (p >= THRESHOLD).astype(np.float32), "f1": per_city[c.name]["f1"]}
             for c, p in zip(cities, maps, strict=True)]
     title = (f"{result['arch']} ({result['state']}), {result['epochs']} ep: {result['scored_split']} F1 "
              f"{result['f1']:.2f}, IoU {result['iou']:.2f} (threshold {THRESHOLD})")
     return change_masks_figure(rows, output / "change_masks.png", title)
+
+
+def display(city: City, image: np.ndarray) -> np.ndarray:
+    """An 8-bit RGB picture of one date: the image itself, or a multispectral image's true-colour composite."""
+    if not city.bands:
+        return image
+    from fastdino.dataloading.multispectral import rgb_composite
+
+    return rgb_composite(image, city.bands)
 
 
 def format_table(result: dict) -> str:

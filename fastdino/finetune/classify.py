@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 
 from . import common
-from .backbones import load_backbone, set_drop_path
-from .data_classify import LabelledImages, eval_transform, read_splits, train_transform
+from .backbones import backbone_from_args, set_drop_path
+from .data_classify import LabelledImages, LoadBands, eval_transform, load_rgb, read_splits, train_transform
 from .metrics import confusion_matrix, topk_accuracy
 
 TASK = "classify"
@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-list", type=Path, help="images scored after every epoch (choose recipes on these)")
     parser.add_argument("--test-list", type=Path, help="images scored once, at the end")
     parser.add_argument("--val-every", type=int, default=1, help="epochs between validations (DINO-MC: 1)")
+    parser.add_argument("--file-bands",
+                        help="multispectral backbone: band order of multi-band files (eurosat-ms, esa, esa-12 or "
+                             "B1,B2,...; default: the checkpoint's data.file_bands; prepared.json of `fastdino "
+                             "prepare` wins)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,15 +80,12 @@ def finetune(args: argparse.Namespace) -> dict:
     recipe = resolve_recipe(args)
     splits, classes = read_splits(args.data, {"train": args.train_list, "val": args.val_list,
                                               "test": args.test_list})
-    resume_from = common.prepare_output(args.output, resume=args.resume, overwrite=args.overwrite)
-    saved = None
-    if resume_from is not None:
-        saved = torch.load(resume_from, map_location="cpu", weights_only=True)
-        recipe = common.merge_saved_recipe(saved, recipe, TASK, resume_from)
+    resume_from = common.check_output(args.output, resume=args.resume, overwrite=args.overwrite)
+    saved, recipe = common.load_resume(resume_from, recipe, TASK)
     device = common.resolve_device(args.device)
     common.seed_everything(recipe["seed"])
-    loaded = load_backbone(args.checkpoint, random_init=recipe["random_init"], arch=args.arch,
-                           patch_size=args.patch_size, img_size=recipe["img_size"], seed=recipe["seed"])
+    loaded = backbone_from_args(args, random_init=recipe["random_init"], img_size=recipe["img_size"],
+                                seed=recipe["seed"])
     set_drop_path(loaded.backbone, recipe["drop_path"])
     model = Classifier(loaded.backbone, len(classes)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
@@ -94,16 +95,24 @@ def finetune(args: argparse.Namespace) -> dict:
     if saved is not None:
         common.restore(saved, model, optimizer, scheduler)
         history, start_epoch = list(saved["history"]), int(saved["epoch"])
-    common.write_json(Path(args.output) / "config.json", {"task": TASK, **recipe, "classes": classes,
-                                                          "data": str(args.data), "model": loaded.arch})
     size, mean, std = recipe["img_size"], loaded.mean, loaded.std
+    load, multispectral = load_rgb, bool(loaded.bands)
+    if multispectral:
+        from fastdino.dataloading.multispectral import file_band_order
+
+        load = LoadBands(loaded.bands, file_band_order(args.file_bands or loaded.file_bands, args.data))
+    loaders = {name: common.make_loader(LabelledImages(split, (train_transform if name == "train" else eval_transform)(
+        size, mean, std, multispectral), load), recipe["batch_size"], args.num_workers, shuffle=name == "train",
+        seed=recipe["seed"]) for name, split in splits.items()}
+    common.check_readable({name: loader.dataset for name, loader in loaders.items()})
+    if resume_from is None:
+        common.create_output(args.output, overwrite=args.overwrite)
+    common.write_json(Path(args.output) / "config.json", {"task": TASK, **recipe, "classes": classes,
+                                                          "data": str(args.data), "model": loaded.arch,
+                                                          "bands": loaded.bands})
     print(f"{TASK}: {loaded.arch} ({loaded.state}), {len(classes)} classes, {len(splits['train'].paths)} train "
           f"images; {recipe['epochs']} epochs, batch {recipe['batch_size']}, SGD lr {recipe['lr']:.3g} "
           f"(= {recipe['base_lr']:g} x {recipe['batch_size']}/256), {size} px, device {device}")
-
-    loaders = {name: common.make_loader(LabelledImages(split, (train_transform if name == "train" else eval_transform)(
-        size, mean, std)), recipe["batch_size"], args.num_workers, shuffle=name == "train", seed=recipe["seed"])
-        for name, split in splits.items()}
 
     def loss_of(model, batch, device):
         images, labels = batch
@@ -131,7 +140,8 @@ def finetune(args: argparse.Namespace) -> dict:
         "confusion_matrix": matrix.tolist(), "classes": classes,
         "val_top1": history[-1].get("val_top1") if history else None,
         "arch": loaded.arch, "random_init": loaded.random_init, "checkpoint": loaded.source,
-        "checkpoint_epoch": loaded.checkpoint_epoch, "state": loaded.state,
+        "checkpoint_epoch": loaded.checkpoint_epoch, "state": loaded.state, "conversion": loaded.conversion,
+        "bands": loaded.bands,
         "n_train": len(splits["train"].paths), "n_test": len(labels), "image_size": size,
         **{k: recipe[k] for k in ("epochs", "batch_size", "base_lr", "lr", "weight_decay", "momentum", "drop_path",
                                   "seed")},

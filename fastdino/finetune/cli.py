@@ -32,13 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser, preset: dict) -> None:
-    g = p.add_argument_group("backbone")
+    g = p.add_argument_group("backbone (read as `fastdino eval` reads it)")
     g.add_argument("--checkpoint", type=Path,
-                   help="a fastdino checkpoint (RUN/checkpoints/last.pt) or an exported backbone (.safetensors)")
+                   help="a fastdino checkpoint (RUN/checkpoints/last.pt), a DINO / DINO-MC checkpoint.pth, a backbone "
+                        "state dict (e.g. dino_vits8_pretrain.pth), or an exported backbone (.safetensors)")
+    g.add_argument("--checkpoint-key", choices=["teacher", "student"], default="teacher",
+                   help="which network of a training checkpoint to fine-tune (DINO-MC: the teacher)")
+    g.add_argument("--pos-embed", choices=["timm", "dino"],
+                   help="ViT position-embedding interpolation at other sizes (default: the run's config; DINO's for "
+                        "checkpoints of the original code)")
     g.add_argument("--random-init", action="store_true",
                    help="start from untrained weights (of --checkpoint's architecture, or --arch): the baseline")
-    g.add_argument("--arch", help="backbone for --random-init without --checkpoint (vit_small, resnet50, ...)")
-    g.add_argument("--patch-size", type=int, help="ViT patch size for --arch")
+    g.add_argument("--arch", help="with --checkpoint: the expected architecture (an error if it holds another); with "
+                                  "--random-init alone: the backbone to build (vit_small, resnet50, ...)")
+    g.add_argument("--patch-size", type=int, help="ViT patch size, expected or (--random-init alone) built")
     r = p.add_argument_group("recipe (unset: the DINO-MC preset, in brackets)")
     r.add_argument("--epochs", type=int, help=f"training epochs [{preset['epochs']}]")
     r.add_argument("--batch-size", type=int, help=f"images per step [{preset['batch_size']}]")

@@ -41,25 +41,65 @@ def seed_everything(seed: int) -> None:
 
 
 # --- run folder ---------------------------------------------------------------------------------------------
-def prepare_output(output: Path, *, resume: bool, overwrite: bool) -> Path | None:
-    """Check the output folder before any work; returns the checkpoint to resume from (or None).
+def check_output(output: Path, *, resume: bool, overwrite: bool) -> Path | None:
+    """Check the output folder before any work, touching nothing; returns the checkpoint to resume from (or None).
 
-    A non-empty folder is refused unless --resume (continue it) or --overwrite (start again: its checkpoints
-    are removed so that a later --resume cannot pick up the old run's weights)."""
+    A non-empty folder is refused unless --resume (continue it) or --overwrite (start again in it)."""
     output = Path(output)
     last = output / "checkpoints" / LAST
     if resume:
         if not last.is_file():
             raise FileNotFoundError(f"--resume: {last} does not exist (nothing to resume in --output {output})")
         return last
-    if output.exists() and any(output.iterdir()):
-        if not overwrite:
-            raise ValueError(f"--output {output} is not empty: pass --resume to continue that run or --overwrite "
-                             f"to start again in it")
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise ValueError(f"--output {output} is not empty: pass --resume to continue that run or --overwrite "
+                         f"to start again in it")
+    return None
+
+
+def create_output(output: Path, *, overwrite: bool) -> None:
+    """The run folder of a new run; --overwrite removes the old run's checkpoints and epoch records first, so that
+    a later --resume cannot pick up the old run's weights."""
+    output = Path(output)
+    if overwrite:
         shutil.rmtree(output / "checkpoints", ignore_errors=True)
         (output / "metrics.jsonl").unlink(missing_ok=True)
     output.mkdir(parents=True, exist_ok=True)
-    return None
+
+
+def load_resume(resume_from: Path | None, recipe: dict, task: str) -> tuple[dict | None, dict]:
+    """(the saved state or None, the recipe to run): a resumed run keeps its saved training settings."""
+    if resume_from is None:
+        return None, recipe
+    saved = torch.load(resume_from, map_location="cpu", weights_only=True)
+    return saved, merge_saved_recipe(saved, recipe, task, resume_from)
+
+
+def input_normalisation(loaded, normalize: str, given: str | None) -> tuple[tuple | None, tuple | None]:
+    """(mean, std) a task applies after its own scaling: the checkpoint's with normalize "checkpoint", none with
+    "none" (DINO-MC's multilabel / change input). A multispectral backbone always gets its per-band statistics (its
+    bands are read in the files' units, not stretched to [0, 1]); `given` (--normalize as typed) none is an error."""
+    if loaded.bands:
+        if given == "none":
+            raise ValueError(f"--normalize none: the backbone is multispectral ({len(loaded.bands)} bands), its "
+                             f"input is each band in the files' units normalised with the checkpoint's statistics; "
+                             f"leave --normalize unset")
+        return loaded.mean, loaded.std
+    return (loaded.mean, loaded.std) if normalize == "checkpoint" else (None, None)
+
+
+def check_readable(datasets: dict) -> None:
+    """Read the first item of every split: an image or band file that does not read fails now, not after an
+    epoch of training. Every random generator is left as it was (a training item draws its augmentation)."""
+    from fastdino.checkpoint import rng_state
+
+    state = rng_state()
+    try:
+        for dataset in datasets.values():
+            if len(dataset):
+                dataset[0]
+    finally:
+        set_rng_state(state)
 
 
 def write_json(path: Path, data: dict) -> Path:

@@ -23,6 +23,11 @@ What DINO-MC does with it (WennyXY/DINO-MC, data_process/bigearthnet_dataset.py 
   is an error here (the authors' reader would skip it silently: a typo would remove a label unnoticed).
 - the image is resized to 224 x 224, bicubic, and scaled to [0, 1] with no mean/std normalisation and no
   augmentation, for train and evaluation alike (main_bigearthnet.py L60-63).
+A multispectral backbone (fastdino's own extension; DINO-MC is RGB) gets its own bands instead, read from the
+patch's band files in their units (uint16 reflectance), the 20 m and 60 m bands brought to the 10 m grid by nearest
+neighbour (fastdino.dataloading.multispectral.read_band_files, the pretraining readers' rule), resized bicubic to
+the input size and normalised per band with the checkpoint's statistics. BigEarthNet has no B10: a backbone
+pretrained with it cannot read these patches (an error names the band).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .rasters import read_band, stretch_to_uint8
+from .rasters import read_band, resize_bands, stretch_to_uint8
 
 # The 43 CORINE Land Cover Level-3 classes of BigEarthNet v1.0, in alphabetical order.
 CORINE_LABELS = (
@@ -201,19 +206,45 @@ def read_rgb(patch_dir: Path) -> np.ndarray:
     return np.dstack(channels)
 
 
-class BigEarthNetDataset(torch.utils.data.Dataset):
-    """(image [3, S, S] in [0, 1] (then normalised if mean/std are given), 19-class target) pairs."""
+def read_bands(patch_dir: Path, bands) -> np.ndarray:
+    """A multispectral backbone's bands of one patch, [H, W, len(bands)] on the 10 m grid, in the files' dtype."""
+    from fastdino.dataloading.multispectral import canonical_band, read_band_files
 
-    def __init__(self, split: BigEarthNetSplit, size: int, mean=None, std=None):
+    prefix = f"{patch_dir.name}_"
+    files = {}
+    for path in patch_dir.glob(f"{prefix}B*.tif"):
+        try:
+            files[canonical_band(path.stem[len(prefix):])] = str(path)
+        except ValueError:
+            continue  # not a band file
+    missing = [b for b in bands if b not in files]
+    if missing:
+        raise FileNotFoundError(f"patch {patch_dir}: no band file for {missing} (the backbone reads "
+                                f"{', '.join(bands)}; the patch has {', '.join(sorted(files)) or 'none'})")
+    return read_band_files(files, tuple(bands))
+
+
+class BigEarthNetDataset(torch.utils.data.Dataset):
+    """(image [C, S, S], 19-class target) pairs. RGB: in [0, 1] (then normalised if mean/std are given);
+    `bands` (a multispectral backbone): those bands in the files' units, always normalised with mean/std."""
+
+    def __init__(self, split: BigEarthNetSplit, size: int, mean=None, std=None, bands=None):
         self.split = split
         self.size = size
-        self.mean = None if mean is None else torch.tensor(mean).view(3, 1, 1)
-        self.std = None if std is None else torch.tensor(std).view(3, 1, 1)
+        self.bands = tuple(bands) if bands else None
+        if self.bands and mean is None:
+            raise ValueError("a multispectral input needs the backbone's per-band mean and std")
+        channels = len(self.bands) if self.bands else 3
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(channels, 1, 1)
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(channels, 1, 1)
 
     def __len__(self) -> int:
         return len(self.split.patches)
 
     def __getitem__(self, i: int):
+        if self.bands:
+            x = resize_bands(read_bands(self.split.patches[i], self.bands), self.size)
+            return (x - self.mean) / self.std, torch.from_numpy(self.split.targets[i])
         image = Image.fromarray(read_rgb(self.split.patches[i]))
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.BICUBIC)

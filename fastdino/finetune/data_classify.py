@@ -8,6 +8,11 @@ val or test that train lacks is an error.
 Transforms (main_eurosat.py): train RandomResizedCrop(size) with torchvision's defaults (scale (0.08, 1), ratio
 (3/4, 4/3), bilinear), horizontal flip p=0.5, normalise (L84-89); evaluation Resize(256, bicubic) + CenterCrop(224)
 (L57-62), i.e. resize to size * 256/224 then the centre crop, for any --img-size.
+
+A multispectral backbone (fastdino's extension; DINO-MC is RGB) reads its bands from the images (EuroSAT-MS's
+13-band GeoTIFFs, .npy arrays of `fastdino prepare`) in the files' units, and gets the same geometry on the float
+bands (RandomResizedCrop antialiased, flip; Resize bicubic + CenterCrop) and the checkpoint's per-band
+normalisation.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision import transforms as T
 
 from fastdino.eval.features import load_image
@@ -61,25 +68,54 @@ def read_splits(root: Path, lists: dict[str, Path | None]) -> tuple[dict[str, Sp
     return splits, classes
 
 
-def train_transform(size: int, mean, std) -> T.Compose:
+def train_transform(size: int, mean, std, multispectral: bool = False) -> T.Compose:
+    """RGB: on PIL images, then to [0, 1] and normalised; multispectral: on float band tensors [C, H, W]."""
+    if multispectral:
+        return T.Compose([T.RandomResizedCrop(size, antialias=True), T.RandomHorizontalFlip(), T.Normalize(mean, std)])
     return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
 
 
-def eval_transform(size: int, mean, std) -> T.Compose:
-    resize = round(size * 256 / 224)
-    return T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
-                      T.ToTensor(), T.Normalize(mean, std)])
+def eval_transform(size: int, mean, std, multispectral: bool = False) -> T.Compose:
+    resize = T.Resize(round(size * 256 / 224), interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+    if multispectral:
+        return T.Compose([resize, T.CenterCrop(size), T.Normalize(mean, std)])
+    return T.Compose([resize, T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def load_rgb(path) -> Image.Image:
+    return load_image(path).convert("RGB")
+
+
+@dataclass(frozen=True)
+class LoadBands:
+    """path -> float32 [C, H, W]: a multispectral backbone's bands, in its order and the files' units."""
+
+    bands: tuple[str, ...]
+    file_bands: tuple[str, ...] | None
+
+    def __call__(self, path) -> torch.Tensor:
+        from fastdino.dataloading.multispectral import BandReader
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image {path} does not exist")
+        try:
+            array = BandReader(self.bands, self.file_bands)(str(path))
+        except Exception as e:
+            raise ValueError(f"image {path} does not read as the backbone's {len(self.bands)} bands "
+                             f"({type(e).__name__}: {e})") from e
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
 
 
 class LabelledImages(torch.utils.data.Dataset):
     """(transformed image, label); an image that does not decode is an error naming the file."""
 
-    def __init__(self, split: Split, transform):
+    def __init__(self, split: Split, transform, load=load_rgb):
         self.split = split
         self.transform = transform
+        self.load = load
 
     def __len__(self) -> int:
         return len(self.split.paths)
 
     def __getitem__(self, i: int):
-        return self.transform(load_image(self.split.paths[i]).convert("RGB")), self.split.labels[i]
+        return self.transform(self.load(self.split.paths[i])), self.split.labels[i]

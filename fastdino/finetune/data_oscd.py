@@ -26,6 +26,11 @@ What DINO-MC reads (data_process/oscd_dataset.py, oscd_datamodule.py), kept here
   alike (oscd_datamodule.py L11-26, L69); `RandomSwap` of the dates is defined there but not used.
 Scoring here stitches the tile predictions back into each whole image and counts only its real pixels (the
 authors' per-tile metrics also count the zero padding as "no change").
+
+A multispectral backbone (fastdino's extension; DINO-MC is RGB) gets its own bands of imgs_1 / imgs_2 (or the
+_rect folders) in the files' units, the 20 m and 60 m bands brought to the 10 m grid of the mask by nearest
+neighbour (fastdino.dataloading.multispectral.read_band_files), normalised per band with the checkpoint's
+statistics; the pair/ pngs are RGB renderings and cannot feed it.
 """
 
 from __future__ import annotations
@@ -51,9 +56,10 @@ SOURCES = ("bands", "rect", "png")
 @dataclass
 class City:
     name: str
-    image1: np.ndarray  # H x W x 3 uint8
+    image1: np.ndarray  # H x W x 3 uint8 (RGB), or H x W x C in the files' units (multispectral)
     image2: np.ndarray
     mask: np.ndarray  # H x W bool: change
+    bands: tuple[str, ...] | None = None  # multispectral: the bands of the channels
 
 
 @dataclass
@@ -117,19 +123,32 @@ def _band_file(folder: Path, band: str) -> Path:
     return matches[0]
 
 
-def read_date(city_dir: Path, date: int, source: str) -> np.ndarray:
-    """One date of a city as H x W x 3 uint8: stretched B04, B03, B02 (source bands / rect) or pair/img<date>.png."""
+def read_date(city_dir: Path, date: int, source: str, bands=None) -> np.ndarray:
+    """One date of a city as H x W x 3 uint8: stretched B04, B03, B02 (source bands / rect) or pair/img<date>.png;
+    with `bands` (a multispectral backbone), those bands in the files' units on the finest band's grid."""
     if source == "png":
+        if bands:
+            raise ValueError(f"--source png: pair/img{date}.png is an RGB rendering; the multispectral backbone reads "
+                             f"{', '.join(bands)}: use --source bands or rect")
         path = city_dir / "pair" / f"img{date}.png"
         return np.asarray(_open(path).convert("RGB"))
     folder = city_dir / (f"imgs_{date}" if source == "bands" else f"imgs_{date}_rect")
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
+    if bands:
+        from fastdino.dataloading.multispectral import read_band_files
+
+        return read_band_files({b: str(_band_file(folder, _file_band_name(b))) for b in bands}, tuple(bands))
     channels = [stretch_to_uint8(read_band(_band_file(folder, b)), *QUANTILES[b]) for b in RGB_BANDS]
     shapes = {c.shape for c in channels}
     if len(shapes) != 1:
         raise ValueError(f"{folder}: bands {RGB_BANDS} have different sizes {sorted(shapes)}")
     return np.dstack(channels)
+
+
+def _file_band_name(band: str) -> str:
+    """fastdino's band name -> OSCD's file suffix: B4 -> B04, B8A -> B8A."""
+    return band if band.endswith("A") else f"B{int(band[1:]):02d}"
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -149,12 +168,12 @@ def _open(path: Path) -> Image.Image:
         raise ValueError(f"image {path} does not decode ({type(e).__name__}: {e})") from e
 
 
-def read_city(images: Path, labels: Path, name: str, source: str = "bands") -> City:
+def read_city(images: Path, labels: Path, name: str, source: str = "bands", bands=None) -> City:
     """Both dates and the mask of a city; any size mismatch between them is an error naming the files."""
     city_dir = images / name
     if not city_dir.is_dir():
         raise FileNotFoundError(f"city {name!r}: folder {city_dir} does not exist")
-    image1, image2 = read_date(city_dir, 1, source), read_date(city_dir, 2, source)
+    image1, image2 = read_date(city_dir, 1, source, bands), read_date(city_dir, 2, source, bands)
     mask_path = labels / name / "cm" / "cm.png"
     mask = read_mask(mask_path)
     if image1.shape != image2.shape:
@@ -163,7 +182,7 @@ def read_city(images: Path, labels: Path, name: str, source: str = "bands") -> C
     if mask.shape != image1.shape[:2]:
         raise ValueError(f"city {name!r}: change mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} px but the "
                          f"images are {image1.shape[1]}x{image1.shape[0]} px")
-    return City(name, image1, image2, mask)
+    return City(name, image1, image2, mask, tuple(bands) if bands else None)
 
 
 def tile_origins(height: int, width: int, tile: int = TILE) -> list[tuple[int, int]]:
@@ -179,15 +198,25 @@ def crop_padded(array: np.ndarray, y: int, x: int, tile: int = TILE) -> np.ndarr
     return out
 
 
-def to_tensor(image: np.ndarray, mean=None, std=None) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+def to_tensor(image: np.ndarray, mean=None, std=None, scale: float = 255.0) -> torch.Tensor:
+    """[H, W, C] -> float32 [C, H, W] divided by `scale` (255: 8-bit RGB to [0, 1]; 1: bands in their units), then
+    (x - mean) / std per channel when mean is given."""
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)
+    if scale != 1:
+        x = x / scale
     if mean is not None:
-        x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+        channels = x.shape[0]
+        x = (x - torch.tensor(mean, dtype=torch.float32).view(channels, 1, 1)) / torch.tensor(
+            std, dtype=torch.float32).view(channels, 1, 1)
     return x
 
 
+def city_scale(city: City) -> float:
+    return 1.0 if city.bands else 255.0
+
+
 class ChangeTiles(torch.utils.data.Dataset):
-    """(date-1 tile [3, T, T], date-2 tile, mask [1, T, T] float) over every tile of every city."""
+    """(date-1 tile [C, T, T], date-2 tile, mask [1, T, T] float) over every tile of every city."""
 
     def __init__(self, cities: list[City], tile: int = TILE, augment: bool = False, mean=None, std=None):
         self.cities = cities
@@ -210,4 +239,5 @@ class ChangeTiles(torch.utils.data.Dataset):
             k = random.choice((0, 1, 2, 3))
             a, b, m = np.rot90(a, k), np.rot90(b, k), np.rot90(m, k)
         mask = torch.from_numpy(np.ascontiguousarray(m)).float()[None]
-        return to_tensor(a, self.mean, self.std), to_tensor(b, self.mean, self.std), mask
+        scale = city_scale(city)
+        return to_tensor(a, self.mean, self.std, scale), to_tensor(b, self.mean, self.std, scale), mask

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from . import common
-from .backbones import load_backbone, set_drop_path
+from .backbones import backbone_from_args, set_drop_path
 from .classify import Classifier
 from .data_bigearthnet import LABELS_19, BigEarthNetDataset, BigEarthNetSplit, bad_patches
 from .metrics import multilabel_scores
@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-list", type=Path, help="patches scored once at the end [DATA/test.txt if present]")
     parser.add_argument("--train-frac", type=float, help="fraction of the train split used, e.g. 0.1 [1]")
     parser.add_argument("--normalize", choices=("none", "checkpoint"),
-                        help="input scaling after [0, 1]: none (DINO-MC) or the checkpoint's mean/std [none]")
+                        help="RGB input scaling after [0, 1]: none (DINO-MC) or the checkpoint's mean/std [none]; a "
+                             "multispectral backbone always gets its per-band statistics")
     parser.add_argument("--val-every", type=int, default=1, help="epochs between validations (DINO-MC: 1)")
 
 
@@ -81,15 +82,12 @@ def finetune(args: argparse.Namespace) -> dict:
     flagged = bad_patches(Path(args.data))
     splits = {name: BigEarthNetSplit.read(args.data, path, exclude=flagged) for name, path in lists.items()}
     splits["train"] = splits["train"].subset(recipe["train_frac"], recipe["seed"])
-    resume_from = common.prepare_output(args.output, resume=args.resume, overwrite=args.overwrite)
-    saved = None
-    if resume_from is not None:
-        saved = torch.load(resume_from, map_location="cpu", weights_only=True)
-        recipe = common.merge_saved_recipe(saved, recipe, TASK, resume_from)
+    resume_from = common.check_output(args.output, resume=args.resume, overwrite=args.overwrite)
+    saved, recipe = common.load_resume(resume_from, recipe, TASK)
     device = common.resolve_device(args.device)
     common.seed_everything(recipe["seed"])
-    loaded = load_backbone(args.checkpoint, random_init=recipe["random_init"], arch=args.arch,
-                           patch_size=args.patch_size, img_size=recipe["img_size"], seed=recipe["seed"])
+    loaded = backbone_from_args(args, random_init=recipe["random_init"], img_size=recipe["img_size"],
+                                seed=recipe["seed"])
     set_drop_path(loaded.backbone, recipe["drop_path"])
     model = Classifier(loaded.backbone, len(LABELS_19)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
@@ -101,13 +99,18 @@ def finetune(args: argparse.Namespace) -> dict:
         history, start_epoch = list(saved["history"]), int(saved["epoch"])
     notes = {name: {"patches": len(s.patches), "excluded_flagged": s.excluded, "without_19_class_label": s.unlabelled}
              for name, s in splits.items()}
+    mean, std = common.input_normalisation(loaded, recipe["normalize"], args.normalize)
+    datasets = {name: BigEarthNetDataset(s, recipe["img_size"], mean, std, loaded.bands) for name, s in splits.items()}
+    common.check_readable(datasets)
+    if resume_from is None:
+        common.create_output(args.output, overwrite=args.overwrite)
     common.write_json(Path(args.output) / "config.json", {"task": TASK, **recipe, "splits": notes,
-                                                          "data": str(args.data), "model": loaded.arch})
-    mean, std = (loaded.mean, loaded.std) if recipe["normalize"] == "checkpoint" else (None, None)
-    print(f"{TASK}: {loaded.arch} ({loaded.state}); splits {notes}; {recipe['epochs']} epochs, batch "
+                                                          "data": str(args.data), "model": loaded.arch,
+                                                          "bands": loaded.bands})
+    inputs = f"bands {', '.join(loaded.bands)}" if loaded.bands else "RGB"
+    print(f"{TASK}: {loaded.arch} ({loaded.state}), {inputs}; splits {notes}; {recipe['epochs']} epochs, batch "
           f"{recipe['batch_size']}, SGD lr {recipe['lr']:.3g} (= {recipe['base_lr']:g} x {recipe['batch_size']}/256), "
           f"{recipe['img_size']} px, device {device}")
-    datasets = {name: BigEarthNetDataset(s, recipe["img_size"], mean, std) for name, s in splits.items()}
     train_loader = common.make_loader(datasets["train"], recipe["batch_size"], args.num_workers, shuffle=True,
                                       seed=recipe["seed"], drop_last=len(datasets["train"]) >= recipe["batch_size"])
     eval_loaders = {name: common.make_loader(d, recipe["batch_size"], args.num_workers, shuffle=False, seed=0)
@@ -132,13 +135,16 @@ def finetune(args: argparse.Namespace) -> dict:
         raise ValueError("nothing to score: pass --test-list (and --val-list to choose the recipe)")
     targets, scores = predict(model, eval_loaders[scored], device)
     s = multilabel_scores(targets, scores, recipe["batch_size"])
+    if loaded.bands:
+        recipe = {**recipe, "normalize": "checkpoint"}  # multispectral: always the per-band statistics
     result = {
         "task": TASK, "scored_split": scored, "micro_ap": s["micro_ap"],
         "micro_ap_batch_mean": common.finite(s["micro_ap_batch_mean"]), "macro_ap": common.finite(s["macro_ap"]),
         "per_class_ap": {name: common.finite(ap) for name, ap in zip(LABELS_19, s["per_class_ap"], strict=True)},
         "positives_per_class": dict(zip(LABELS_19, targets.sum(0).int().tolist(), strict=True)),
         "arch": loaded.arch, "random_init": loaded.random_init, "checkpoint": loaded.source, "state": loaded.state,
-        "n_train": len(datasets["train"]), "n_test": len(targets), "image_size": recipe["img_size"],
+        "conversion": loaded.conversion, "bands": loaded.bands, "n_train": len(datasets["train"]),
+        "n_test": len(targets), "image_size": recipe["img_size"],
         **{k: recipe[k] for k in ("epochs", "batch_size", "base_lr", "lr", "weight_decay", "momentum", "train_frac",
                                   "normalize", "drop_path", "seed")},
         "splits": notes, "data": str(args.data), **{f"{n}_list": str(p) for n, p in lists.items()},

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 
@@ -31,3 +32,15 @@ def stretch_to_uint8(band: np.ndarray, low: float, high: float) -> np.ndarray:
     """Map [low, high] linearly to [0, 255], clip, truncate to uint8 (what both DINO-MC readers do)."""
     scaled = (band.astype(np.float64) - low) / (high - low)
     return (np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def resize_bands(array: np.ndarray, size: int) -> torch.Tensor:
+    """[H, W, C] bands in their units -> float32 [C, size, size], resized whole, bicubic (antialiased when
+    shrinking), as PIL's BICUBIC resize does for the RGB images."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)  # exact for 16 bit
+    if x.shape[-2:] != (size, size):
+        x = TF.resize(x, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return x
