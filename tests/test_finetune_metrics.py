@@ -57,6 +57,12 @@ def test_multilabel_scores_micro_is_ap_of_all_pairs_and_batch_mean_is_the_author
                 + average_precision_reference(targets[32:64], scores[32:64])) / 2
     assert s["micro_ap_batch_mean"] == pytest.approx(100 * expected, abs=1e-9)
     assert s["micro_ap_batch_mean"] != pytest.approx(s["micro_ap"], abs=1e-6)
+    # A batch without a positive label: scikit-learn >= 1.1 scores it 0 (recall set to 1 at every threshold,
+    # precision 0 at the top one), and the mean counts it.
+    empty = targets.clone()
+    empty[32:64] = 0
+    expected_empty = average_precision_reference(targets[:32], scores[:32]) / 2
+    assert multilabel_scores(empty, scores, 32)["micro_ap_batch_mean"] == pytest.approx(100 * expected_empty, abs=1e-9)
     assert math.isnan(s["per_class_ap"][4])
     valid = [average_precision_reference(targets[:, c], scores[:, c]) for c in range(4)]
     assert s["macro_ap"] == pytest.approx(100 * sum(valid) / 4, abs=1e-9)

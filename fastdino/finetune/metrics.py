@@ -78,8 +78,10 @@ def multilabel_scores(targets: torch.Tensor, scores: torch.Tensor, batch_size: i
     """Micro AP over the whole set, the authors' batch-averaged micro AP, per-class AP and their mean (percent).
 
     micro_ap_batch_mean is how main_bigearthnet.py reports its number: micro AP of each batch of `batch_size`
-    (their loader: 32, drop_last=True, L101-108), averaged weighted by batch size (MetricLogger, L262-265). It
-    depends on the batch composition, so micro_ap (all samples at once) is the headline number here.
+    (their loader: 32, drop_last=True, L101-108), averaged weighted by batch size (MetricLogger, L262-265). A batch
+    without any positive label scores 0, as scikit-learn >= 1.1 gives it (precision_recall_curve then sets recall
+    to 1 at every threshold, so AP = 1 x the precision at the top threshold, 0). It depends on the batch
+    composition, so micro_ap (all samples at once) is the headline number here.
     """
     if targets.shape != scores.shape or targets.ndim != 2:
         raise ValueError(f"targets {tuple(targets.shape)} and scores {tuple(scores.shape)} must both be [N, C]")
@@ -88,9 +90,8 @@ def multilabel_scores(targets: torch.Tensor, scores: torch.Tensor, batch_size: i
     batch_aps, weights = [], []
     for start in range(0, len(targets) - batch_size + 1, batch_size):
         ap = average_precision(targets[start:start + batch_size], scores[start:start + batch_size])
-        if not math.isnan(ap):
-            batch_aps.append(ap)
-            weights.append(batch_size)
+        batch_aps.append(0.0 if math.isnan(ap) else ap)
+        weights.append(batch_size)
     return {
         "micro_ap": 100.0 * average_precision(targets, scores),
         "micro_ap_batch_mean": 100.0 * sum(a * w for a, w in zip(batch_aps, weights, strict=True)) / sum(weights)
