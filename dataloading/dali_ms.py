@@ -53,19 +53,7 @@ class MSFeeder(_Feeder):
         self.layout = param_layout(len(spec.bands))
         self.n_params = self.layout["block_t"].stop
 
-    def __call__(self, info):
-        b = self.start + info.iteration
-        if b >= self.n_batches:
-            raise StopIteration
-        samples, used = [], []
-        for i in self.order[b * self.batch_size:(b + 1) * self.batch_size]:
-            outputs, item = self._ms_sample(i)
-            samples.append(outputs)
-            used.append(item)
-        self.in_flight[b] = used
-        return tuple(list(col) for col in zip(*samples, strict=True))
-
-    def _ms_sample(self, index: int):
+    def _sample(self, index: int):
         """As MultiViewDataset.__getitem__: an unreadable item is replaced by the next one, with that one's draws."""
         for k in range(len(self.items)):
             i = (index + k) % len(self.items)

@@ -382,7 +382,8 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
     world = dist_info.world_size
     n_params = sum(p.numel() for p in tr.student.parameters())
     log.info(f"data: {n_images} images from {config.data.path}, pipeline {loader.backend}, {ipe} iterations/epoch")
-    log.info(f"model: {config.model.arch}/{config.model.patch_size} + head K={config.model.out_dim}, "
+    arch = config.model.arch + (f"/{config.model.patch_size}" if config.model.patch_size else "")  # CNNs: no patch
+    log.info(f"model: {arch} + head K={config.model.out_dim}, "
              f"{n_params / 1e6:.1f}M student parameters; views {spec.view_sizes}")
     log.info(f"device {device}, precision {tr.precision}, {world} rank(s); global batch {config.run.batch_size} "
              f"({config.run.batch_size // world} per rank), lr {scaled_lr(config):.3g} "

@@ -476,7 +476,7 @@ def test_cuda_resume_restores_the_rng_state(tmp_path):
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("dali-cpu", marks=needs_dali)])
 def test_corrupt_images_go_to_train_log_metrics_and_the_summary(tmp_path, backend, capsys, recwarn):
-    config = small_config(tmp_path, backend=backend, epochs=1)
+    config = small_config(tmp_path, backend=backend, epochs=1, extra=["optim.freeze_last_layer=1"])
     bad = sorted((tmp_path / "data").rglob("*.jpg"))[5]
     bad.write_bytes(bad.read_bytes()[:100])  # truncated
     summary = train(config, tmp_path / "run", echo=print)
@@ -484,7 +484,8 @@ def test_corrupt_images_go_to_train_log_metrics_and_the_summary(tmp_path, backen
     log = (tmp_path / "run" / "train.log").read_text()
     assert f"WARNING: skipped corrupt or unreadable image {bad}" in log
     assert "1 corrupt or unreadable image(s) skipped" in log.splitlines()[-1]
-    # one epoch with one warm-up epoch (the tiny preset's --epochs 1): said at the start, in train.log too
+    # one epoch with one warm-up epoch (the tiny preset's --epochs 1) and one frozen epoch: said at the start, in
+    # train.log too
     assert "WARNING: optim.warmup_epochs=1 >= run.epochs=1: the whole run is the linear lr warm-up" in log
     assert "WARNING: optim.freeze_last_layer=1 >= run.epochs=1" in log
     assert [r["file"] for r in records(tmp_path / "run", "skipped_image")] == [str(bad)]
