@@ -19,6 +19,7 @@ COMMANDS = {
     "eval": ("fastdino.eval.cli", "k-NN or linear-probe accuracy of a checkpoint's teacher backbone"),
     "export": ("fastdino.export", "export the teacher backbone as a timm-loadable safetensors file"),
     "viz": ("fastdino.viz", "attention maps and training curves as PNG"),
+    "finetune": ("fastdino.finetune.cli", "fine-tune a backbone: scene classification, BigEarthNet, OSCD change"),
     "stats": ("fastdino.cli_stats", "per-band statistics of multispectral data (what training normalises with)"),
     "prepare": ("fastdino.cli_prepare", "convert multispectral GeoTIFFs / band trees to .npy arrays once"),
 }

@@ -305,6 +305,8 @@ def format_table(result: dict) -> str:
     model = f"{result['arch']} ({state})"
     if result["task"] == "knn":
         method = f"k-NN k={result['k']} T={result['temperature']}"
+    elif result["task"] != "linear":  # `fastdino finetune classify` prints its result through this table too
+        method = f"{result['task']} {result['epochs']} ep"
     elif result.get("protocol") == "dino":
         method = f"linear, DINO protocol, {result['epochs']} ep"
     else:
