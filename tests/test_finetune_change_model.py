@@ -79,6 +79,6 @@ def test_stitched_prediction_covers_every_pixel_exactly_once_including_borders()
     city = City("x", image1, image2, mask)
     prob = predict_city(_BrighterInDate2(), city, tile=32, batch_size=3, device="cpu")
     assert prob.shape == (h, w)
-    assert np.array_equal(prob >= 0.5, mask)
+    assert np.array_equal(prob > 0.5, mask)
     scores, per_city, _ = evaluate(_BrighterInDate2(), [city], 32, 4, "cpu")
     assert scores["f1"] == 100.0 and scores["tp"] + scores["tn"] == h * w and per_city["x"]["fp"] == 0

@@ -3,6 +3,7 @@ and the change-class scores, against hand-computed values and a brute-force refe
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from fastdino.finetune.metrics import (
     binary_counts,
     change_scores,
     confusion_matrix,
+    is_change,
     multilabel_scores,
 )
 
@@ -73,10 +75,18 @@ def test_confusion_matrix_rows_are_true_classes():
     assert m.tolist() == [[1, 0, 0], [0, 1, 1], [1, 0, 1]]
 
 
+def test_a_probability_of_exactly_the_threshold_is_no_change():
+    # torchmetrics' Binary* metrics (DINO-MC main_oscd.py L38-41) threshold with `preds > threshold`.
+    prob = torch.tensor([0.5, 0.5, 0.5000001, 0.4999999])
+    truth = torch.tensor([1, 0, 1, 0])
+    assert binary_counts(prob, truth, 0.5) == {"tp": 1, "fp": 0, "fn": 1, "tn": 2}
+    assert is_change(np.array([0.5, 0.51])).tolist() == [False, True]  # the picture's predicted mask too
+
+
 def test_change_scores_by_hand():
-    prob = torch.tensor([[0.9, 0.5, 0.49], [0.1, 0.7, 0.0]])
+    prob = torch.tensor([[0.9, 0.6, 0.49], [0.1, 0.7, 0.0]])
     truth = torch.tensor([[1, 0, 1], [0, 1, 0]])
-    counts = binary_counts(prob, truth, 0.5)  # 0.5 counts as change (torchmetrics: >= threshold)
+    counts = binary_counts(prob, truth, 0.5)
     assert counts == {"tp": 2, "fp": 1, "fn": 1, "tn": 2}
     s = change_scores(counts)
     assert s["precision"] == pytest.approx(200 / 3) and s["recall"] == pytest.approx(200 / 3)

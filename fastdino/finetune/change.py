@@ -4,7 +4,7 @@ The preset is DINO-MC's `main_oscd.py` (WennyXY/DINO-MC): the network of fastdin
 encoder frozen; Adam, lr 0.003 (--lr L117), weight decay 1e-4, only the decoder's parameters (L100-102);
 ExponentialLR(0.95) stepped once per epoch (L103); 50 epochs (L118); batch 32 (L119) of 96 px tiles, shuffled,
 last partial batch dropped (oscd_datamodule.py L80-87); BCEWithLogitsLoss (--loss_function L116, L34, L95);
-seed 42 (L107). Scores: precision, recall, F1 and IoU of the change class, probability >= 0.5 (L38-41), here over
+seed 42 (L107). Scores: precision, recall, F1 and IoU of the change class, probability > 0.5 (L38-41), here over
 every real pixel of the test cities (fastdino.finetune.data_oscd explains the tiling).
 
 OSCD has no validation split; --val-list names train cities to hold out and score after every epoch (choose
@@ -37,7 +37,7 @@ from .data_oscd import (
     tile_origins,
     to_tensor,
 )
-from .metrics import add_counts, binary_counts, change_scores
+from .metrics import add_counts, binary_counts, change_scores, is_change
 
 TASK = "change"
 PRESET = {"epochs": 50, "batch_size": 32, "base_lr": 3e-3, "weight_decay": 1e-4, "img_size": TILE,
@@ -210,7 +210,7 @@ def masks_picture(cities: list[City], maps: list[np.ndarray], per_city: dict, ou
 
     rows = [{"name": c.name, "image1": display(c, c.image1), "image2": display(c, c.image2),
              "truth": c.mask.astype(np.float32),
-             "prediction": (p >= THRESHOLD).astype(np.float32), "f1": per_city[c.name]["f1"]}
+             "prediction": is_change(p, THRESHOLD).astype(np.float32), "f1": per_city[c.name]["f1"]}
             for c, p in zip(cities, maps, strict=True)]
     title = (f"{result['arch']} ({result['state']}), {result['epochs']} ep: {result['scored_split']} F1 "
              f"{result['f1']:.2f}, IoU {result['iou']:.2f} (threshold {THRESHOLD})")

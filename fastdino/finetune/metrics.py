@@ -9,7 +9,8 @@ over the distinct score thresholds in decreasing order (tied scores form one thr
 precision / recall of "score >= threshold k" and R_0 = 0: no interpolation. `average='micro'` is the AP of all
 (sample, class) pairs raveled into one list. Change detection: precision, recall, F1 and IoU (Jaccard) of the
 change class after thresholding the probability, over all pixels (torchmetrics' BinaryPrecision etc. with
-multidim_average='global' and threshold 0.5, DINO-MC main_oscd.py L38-41).
+multidim_average='global' and threshold 0.5, DINO-MC main_oscd.py L38-41; torchmetrics counts a pixel as change
+when its probability is strictly above the threshold: `preds > threshold` in _binary_stat_scores_format).
 """
 
 from __future__ import annotations
@@ -102,11 +103,17 @@ def multilabel_scores(targets: torch.Tensor, scores: torch.Tensor, batch_size: i
 
 
 # --- change detection ---------------------------------------------------------------------------------------
+def is_change(probabilities, threshold: float = 0.5):
+    """Where a probability map says change: strictly above the threshold, as torchmetrics' Binary* metrics
+    (`preds > threshold`); works on tensors and numpy arrays alike."""
+    return probabilities > threshold
+
+
 def binary_counts(probabilities: torch.Tensor, targets: torch.Tensor, threshold: float = 0.5,
                   valid: torch.Tensor | None = None) -> dict:
-    """True/false positives/negatives of `probability >= threshold` against targets in {0, 1} (torchmetrics'
-    binary convention), over the pixels where `valid` is true."""
-    predicted = probabilities >= threshold
+    """True/false positives/negatives of `probability > threshold` against targets in {0, 1} (torchmetrics'
+    binary convention: a probability of exactly 0.5 is no change), over the pixels where `valid` is true."""
+    predicted = is_change(probabilities, threshold)
     truth = targets > 0.5
     if valid is not None:
         predicted, truth = predicted[valid], truth[valid]
