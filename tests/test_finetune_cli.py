@@ -98,6 +98,28 @@ def test_resume_continues_an_interrupted_run_exactly(tmp_path, checkpoint, monke
     assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
 
 
+def test_resume_trains_on_the_saved_split_not_the_command_lines(tmp_path, checkpoint, capsys):
+    # --resume keeps the saved recipe (train list, --train-frac, seed); the data must follow it, not only the
+    # optimiser: a resumed run that forgot `--train-frac 0.1` must not silently train on the whole split.
+    patches = bigearthnet_patches(12)
+    names = list(patches)
+    root = make_bigearthnet(tmp_path / "ben", patches, lists={"train": names[:8], "test": names[10:]})
+    out = tmp_path / "ml"
+    args = ["finetune", "multilabel", "--checkpoint", str(checkpoint), "--data", str(root), "--epochs", "1",
+            "--output", str(out), *SMALL]
+    assert main([*args, "--train-frac", "0.5"]) == 0
+    assert main([*args, "--resume"]) == 0  # nothing left to train: scores the test split again
+    assert "'train_frac': (0.5, 1.0)" in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["n_train"] == 4
+
+    lists = image_lists(tmp_path / "data")
+    out = tmp_path / "cl"
+    assert main(classify_args(tmp_path / "data", lists, checkpoint, out, "--epochs", "1")) == 0
+    assert main([*classify_args(tmp_path / "data", lists, checkpoint, out, "--epochs", "1", "--resume"),
+                 "--train-list", str(lists["val"])]) == 0
+    assert json.loads((out / "metrics.json").read_text())["n_train"] == 9  # train.txt's 3 x 3, not val.txt's 6
+
+
 def test_classify_rejects_a_test_class_missing_from_train(tmp_path, checkpoint, capsys):
     lists = image_lists(tmp_path / "data")
     (tmp_path / "data" / "class7").mkdir()
@@ -148,6 +170,9 @@ def test_change_end_to_end_with_validation_cities(tmp_path, checkpoint, capsys):
     saved = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
     teacher = teacher_backbone_state(checkpoint)
     assert all(torch.equal(saved[f"encoder.backbone.{k}"], v) for k, v in teacher.items())  # frozen, as DINO-MC
+    # --resume reads the saved run's images (--source bands; this data set has no imgs_*_rect to read).
+    assert main([*args, "--resume", "--source", "rect"]) == 0
+    assert "'source_images': ('bands', 'rect')" in capsys.readouterr().err
 
     images = root / "Onera Satellite Change Detection dataset - Images"
     for band in ("B02", "B03", "B04"):

@@ -107,9 +107,12 @@ def finetune(args: argparse.Namespace) -> dict:
     recipe["tile_size"] = recipe.pop("img_size")
     layout = find_layout(args.data, args.train_labels, args.test_labels, args.train_list, args.test_list)
     recipe.update(train_list=str(layout.lists["train"]), source=str(args.checkpoint),
-                  random_init=bool(args.random_init))
+                  random_init=bool(args.random_init), source_images=args.source)
     resume_from = common.check_output(args.output, resume=args.resume, overwrite=args.overwrite)
     saved, recipe = common.load_resume(resume_from, recipe, TASK)
+    # A resumed run reads the saved run's train cities and images, whatever this command line says.
+    args = argparse.Namespace(**{**vars(args), "train_list": Path(recipe["train_list"]),
+                                 "source": recipe.get("source_images", args.source)})
     device = common.resolve_device(args.device)
     common.seed_everything(recipe["seed"])
     loaded = backbone_from_args(args, random_init=recipe["random_init"], img_size=recipe["tile_size"],

@@ -78,10 +78,10 @@ def resolve_recipe(args: argparse.Namespace) -> dict:
 
 def finetune(args: argparse.Namespace) -> dict:
     recipe = resolve_recipe(args)
-    splits, classes = read_splits(args.data, {"train": args.train_list, "val": args.val_list,
-                                              "test": args.test_list})
     resume_from = common.check_output(args.output, resume=args.resume, overwrite=args.overwrite)
     saved, recipe = common.load_resume(resume_from, recipe, TASK)
+    train_list = Path(recipe["train_list"]) if recipe["train_list"] else None  # resumed: the saved run's list
+    splits, classes = read_splits(args.data, {"train": train_list, "val": args.val_list, "test": args.test_list})
     device = common.resolve_device(args.device)
     common.seed_everything(recipe["seed"])
     loaded = backbone_from_args(args, random_init=recipe["random_init"], img_size=recipe["img_size"],

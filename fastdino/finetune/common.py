@@ -178,7 +178,8 @@ def make_loader(dataset, batch_size: int, workers: int, *, shuffle: bool, seed: 
 
 # Recipe entries that change what is trained (the test list, the workers or the device do not).
 TRAINING_KEYS = ("epochs", "batch_size", "lr", "base_lr", "weight_decay", "img_size", "train_list", "train_frac",
-                 "seed", "source", "random_init", "normalize", "drop_path", "train_backbone", "tile_size")
+                 "seed", "source", "random_init", "normalize", "drop_path", "train_backbone", "tile_size",
+                 "source_images")
 
 
 # --- training loop ------------------------------------------------------------------------------------------

@@ -79,11 +79,12 @@ def finetune(args: argparse.Namespace) -> dict:
     recipe["lr"] = recipe["base_lr"] * recipe["batch_size"] / 256
     lists = resolve_lists(args)
     recipe.update(train_list=str(lists["train"]), source=str(args.checkpoint), random_init=bool(args.random_init))
+    resume_from = common.check_output(args.output, resume=args.resume, overwrite=args.overwrite)
+    saved, recipe = common.load_resume(resume_from, recipe, TASK)
+    lists["train"] = Path(recipe["train_list"])  # a resumed run trains on its saved list, fraction and seed
     flagged = bad_patches(Path(args.data))
     splits = {name: BigEarthNetSplit.read(args.data, path, exclude=flagged) for name, path in lists.items()}
     splits["train"] = splits["train"].subset(recipe["train_frac"], recipe["seed"])
-    resume_from = common.check_output(args.output, resume=args.resume, overwrite=args.overwrite)
-    saved, recipe = common.load_resume(resume_from, recipe, TASK)
     device = common.resolve_device(args.device)
     common.seed_everything(recipe["seed"])
     loaded = backbone_from_args(args, random_init=recipe["random_init"], img_size=recipe["img_size"],
