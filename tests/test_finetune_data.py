@@ -9,6 +9,7 @@ from _eval_fixtures import make_image_folder
 from _finetune_fixtures import bigearthnet_patches, make_bigearthnet, make_oscd, write_band, write_lists
 
 from fastdino.finetune.data_bigearthnet import (
+    _GROUPED,
     BAND_STATS,
     CORINE_LABELS,
     LABELS_19,
@@ -41,6 +42,8 @@ def test_nineteen_class_nomenclature_from_the_43_corine_labels():
                        "Green urban areas", "Intertidal flats", "Mineral extraction sites", "Port areas",
                        "Road and rail networks and associated land", "Sport and leisure facilities"}
     assert {index for index in TO_19.values() if index is not None} == set(range(19))  # every class is reachable
+    # docs/finetune.md: 22 names merge into 9 groups, 10 keep their name, 11 are dropped (GROUP_LABELS L87-110)
+    assert (len(_GROUPED), len(set(_GROUPED.values())), len(set(LABELS_19) & set(CORINE_LABELS))) == (22, 9, 10)
     target = multi_hot_19(["Rice fields", "Salines", "Sea and ocean", "Estuaries", "Airports"], "here")
     expected = {LABELS_19.index(n) for n in ("Arable land", "Coastal wetlands", "Marine waters")}
     assert set(np.flatnonzero(target)) == expected
