@@ -130,6 +130,28 @@ def test_classify_rejects_a_test_class_missing_from_train(tmp_path, checkpoint, 
     assert not (tmp_path / "ft").exists()  # refused before any work
 
 
+def test_overlapping_splits_are_refused_naming_both_lists(tmp_path, checkpoint, capsys):
+    lists = image_lists(tmp_path / "data")
+    lists["test"].write_text(lists["test"].read_text() + "class1/img0.png\n")  # a training image
+    assert main(classify_args(tmp_path / "data", lists, checkpoint, tmp_path / "ft", "--epochs", "1")) == 2
+    err = capsys.readouterr().err
+    assert "img0.png' is in both the train split" in err and str(lists["train"]) in err and str(lists["test"]) in err
+    assert not (tmp_path / "ft").exists()
+
+    patches = bigearthnet_patches(6)
+    names = list(patches)
+    root = make_bigearthnet(tmp_path / "ben", patches, lists={"train": names[:4], "test": names[3:]})
+    assert main(["finetune", "multilabel", "--checkpoint", str(checkpoint), "--data", str(root), "--epochs", "1",
+                 "--output", str(tmp_path / "ml"), *SMALL]) == 2
+    assert f"patch '{names[3]}' is in both the train split" in capsys.readouterr().err
+
+    root = make_oscd(tmp_path / "oscd", {"a": (40, 50), "b": (36, 30)}, train=["a"], test=["b"])
+    (root / "Onera Satellite Change Detection dataset - Images" / "train.txt").write_text("a,b")
+    assert main(["finetune", "change", "--checkpoint", str(checkpoint), "--data", str(root), "--epochs", "1",
+                 "--output", str(tmp_path / "ch"), *SMALL]) == 2
+    assert "city 'b' is in both the train split" in capsys.readouterr().err
+
+
 def test_multilabel_end_to_end_with_train_fraction(tmp_path, checkpoint, capsys):
     patches = bigearthnet_patches(12)
     names = list(patches)

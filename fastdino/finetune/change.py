@@ -93,6 +93,8 @@ def read_cities(args, bands=None) -> tuple[dict[str, list[City]], dict[str, str]
             raise FileNotFoundError(f"test cities listed in {layout.lists['test']} but no test labels folder: "
                                     f"pass --test-labels")
         names["test"] = read_city_list(layout.lists["test"])
+        common.check_disjoint({"train": (train_names, str(layout.lists["train"])),
+                               "test": (names["test"], str(layout.lists["test"]))}, "city")
     cities = {split: [read_city(layout.images, layout.labels["test" if split == "test" else "train"], n, args.source,
                                 bands) for n in city_names] for split, city_names in names.items()}
     where = {"images": str(layout.images), **{f"{k}_labels": str(v) for k, v in layout.labels.items()},

@@ -82,6 +82,7 @@ def finetune(args: argparse.Namespace) -> dict:
     saved, recipe = common.load_resume(resume_from, recipe, TASK)
     train_list = Path(recipe["train_list"]) if recipe["train_list"] else None  # resumed: the saved run's list
     splits, classes = read_splits(args.data, {"train": train_list, "val": args.val_list, "test": args.test_list})
+    common.check_disjoint({name: (split.paths, split.where) for name, split in splits.items()}, "image")
     device = common.resolve_device(args.device)
     common.seed_everything(recipe["seed"])
     loaded = backbone_from_args(args, random_init=recipe["random_init"], img_size=recipe["img_size"],

@@ -102,6 +102,19 @@ def check_readable(datasets: dict) -> None:
         set_rng_state(state)
 
 
+def check_disjoint(splits: dict[str, tuple[Iterable, str]], what: str) -> None:
+    """No item in two splits ({split: (items, where they come from)}): a test image that was trained on inflates
+    the score silently. The error names both sources and a shared item."""
+    seen: dict = {}
+    for name, (items, where) in splits.items():
+        for item in items:
+            if item in seen and seen[item][0] != name:
+                other, other_where = seen[item]
+                raise ValueError(f"{what} {str(item)!r} is in both the {other} split ({other_where}) and the {name} "
+                                 f"split ({where}): the splits must not overlap")
+            seen.setdefault(item, (name, where))
+
+
 def write_json(path: Path, data: dict) -> Path:
     """JSON written under a temporary name, then renamed: never a half-written results file."""
     path = Path(path)

@@ -84,6 +84,8 @@ def finetune(args: argparse.Namespace) -> dict:
     lists["train"] = Path(recipe["train_list"])  # a resumed run trains on its saved list, fraction and seed
     flagged = bad_patches(Path(args.data))
     splits = {name: BigEarthNetSplit.read(args.data, path, exclude=flagged) for name, path in lists.items()}
+    common.check_disjoint({name: ([p.name for p in s.patches], str(lists[name])) for name, s in splits.items()},
+                          "patch")
     splits["train"] = splits["train"].subset(recipe["train_frac"], recipe["seed"])
     device = common.resolve_device(args.device)
     common.seed_everything(recipe["seed"])
