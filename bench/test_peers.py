@@ -15,6 +15,7 @@ Groups (CPU; on CUDA the same shapes, fastdino on its Triton kernels):
 - whole step of the `tiny` preset's model and views (ViT-Tiny/16, 2 x 64 + 48, 40, 32, 24 px, K=4096), batch 16,
   on prefetched views (the data pipeline is not in it): fastdino, fastdino's reference step (DINO's code paths),
   the lightly hand loop.
+Whole training (pipeline, loop, logging) against lightly-train's DINO: bench/test_peers_train.py.
 """
 
 from __future__ import annotations
