@@ -67,9 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     result = finetune(args)
-    print(format_table(result))
-    print(f"saved {result['output']} and {result['picture']}")
-    return 0
+    return common.print_result(format_table(result), result)
 
 
 def read_cities(args, bands=None) -> tuple[dict[str, list[City]], dict[str, str]]:
@@ -103,7 +101,7 @@ def read_cities(args, bands=None) -> tuple[dict[str, list[City]], dict[str, str]
 
 
 def finetune(args: argparse.Namespace) -> dict:
-    recipe = {k: getattr(args, k) if getattr(args, k, None) is not None else v for k, v in PRESET.items()}
+    recipe = common.recipe_from(args, PRESET)
     recipe.pop("scale_lr")
     recipe["lr"] = recipe["base_lr"]
     recipe["tile_size"] = recipe.pop("img_size")

@@ -62,14 +62,12 @@ def run(args: argparse.Namespace) -> int:
     from fastdino.eval.cli import format_table
 
     result = finetune(args)
-    print(format_table(result))
-    print(f"saved {result['output']} and {result['picture']}")
-    return 0
+    return common.print_result(format_table(result), result)
 
 
 def resolve_recipe(args: argparse.Namespace) -> dict:
     """The preset with the command-line overrides; lr is the base lr scaled by batch/256 (main_eurosat.py L103)."""
-    recipe = {k: getattr(args, k) if getattr(args, k, None) is not None else v for k, v in PRESET.items()}
+    recipe = common.recipe_from(args, PRESET)
     recipe["lr"] = recipe["base_lr"] * recipe["batch_size"] / 256
     recipe.update(train_list=str(args.train_list) if args.train_list else None, source=str(args.checkpoint),
                   random_init=bool(args.random_init))

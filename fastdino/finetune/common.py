@@ -40,6 +40,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def recipe_from(args, preset: dict) -> dict:
+    """The task's preset with every option given on the command line in its place."""
+    return {k: getattr(args, k) if getattr(args, k, None) is not None else v for k, v in preset.items()}
+
+
 # --- run folder ---------------------------------------------------------------------------------------------
 def check_output(output: Path, *, resume: bool, overwrite: bool) -> Path | None:
     """Check the output folder before any work, touching nothing; returns the checkpoint to resume from (or None).
@@ -285,6 +290,13 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 # --- printing -----------------------------------------------------------------------------------------------
+def print_result(table: str, result: dict) -> int:
+    """What every task's `run` prints at the end: the result table and the files it wrote."""
+    print(table)
+    print(f"saved {result['output']} and {result['picture']}")
+    return 0
+
+
 def format_rows(rows: list[tuple[str, ...]]) -> str:
     """A fixed-width table, header underlined, like `fastdino eval` prints."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+
+from fastdino.eval.features import load_image
 
 from .rasters import read_band, stretch_to_uint8
 
@@ -131,7 +132,7 @@ def read_date(city_dir: Path, date: int, source: str, bands=None) -> np.ndarray:
             raise ValueError(f"--source png: pair/img{date}.png is an RGB rendering; the multispectral backbone reads "
                              f"{', '.join(bands)}: use --source bands or rect")
         path = city_dir / "pair" / f"img{date}.png"
-        return np.asarray(_open(path).convert("RGB"))
+        return np.asarray(load_image(path).convert("RGB"))
     folder = city_dir / (f"imgs_{date}" if source == "bands" else f"imgs_{date}_rect")
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
@@ -154,18 +155,7 @@ def _file_band_name(band: str) -> str:
 def read_mask(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"change mask {path} does not exist (every labelled city has <city>/cm/cm.png)")
-    return np.asarray(_open(path).convert("L")) > 127
-
-
-def _open(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"image {path} does not decode ({type(e).__name__}: {e})") from e
+    return np.asarray(load_image(path).convert("L")) > 127
 
 
 def read_city(images: Path, labels: Path, name: str, source: str = "bands", bands=None) -> City:

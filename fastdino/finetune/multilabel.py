@@ -69,13 +69,11 @@ def resolve_lists(args) -> dict[str, Path]:
 
 def run(args: argparse.Namespace) -> int:
     result = finetune(args)
-    print(format_table(result))
-    print(f"saved {result['output']} and {result['picture']}")
-    return 0
+    return common.print_result(format_table(result), result)
 
 
 def finetune(args: argparse.Namespace) -> dict:
-    recipe = {k: getattr(args, k) if getattr(args, k, None) is not None else v for k, v in PRESET.items()}
+    recipe = common.recipe_from(args, PRESET)
     recipe["lr"] = recipe["base_lr"] * recipe["batch_size"] / 256
     lists = resolve_lists(args)
     recipe.update(train_list=str(lists["train"]), source=str(args.checkpoint), random_init=bool(args.random_init))
