@@ -49,7 +49,7 @@ import pytest
 import torch
 from fastdino.dataloading import make_synthetic_dataset
 
-from bench.utils import record
+from bench.utils import eurosat_root, record
 
 THREADS = 2
 BATCH = 16
@@ -136,21 +136,13 @@ class _GatedRun:
 # ---- data ---------------------------------------------------------------------------------------------------
 
 
-def _eurosat() -> Path:
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    root = Path(os.environ.get("FASTDINO_DATA", default)) / "eurosat"
-    if not (root / "train.txt").is_file():
-        pytest.skip(f"EuroSAT not found at {root} (set FASTDINO_DATA to the folder holding eurosat/)")
-    return root
-
-
 def _images(data: str, workdir: Path) -> tuple[Path, Path | None, list[Path]]:
     """(fastdino's data.path, its data.list_file or None, the same images as files for lightly-train)."""
     if data == "synthetic":
         cache = Path(os.environ.get("FASTDINO_CACHE", workdir / "cache"))
         root = make_synthetic_dataset(cache / f"bench-{N_IMAGES}x{SIZE}", n_images=N_IMAGES, size=SIZE)
         return root, None, sorted(root.glob("class_*/*.jpg"))
-    root = _eurosat()
+    root = eurosat_root()
     lines = [s for s in (root / "train.txt").read_text().split() if s]
     picked = lines[::len(lines) // N_IMAGES][:N_IMAGES]  # spread over the classes
     list_file = workdir / "eurosat-subset.txt"

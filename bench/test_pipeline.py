@@ -8,32 +8,21 @@ fewer images.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 from fastdino.dataloading import AugmentationSpec, build_pipeline, build_source, dali_available
 
-from bench.utils import record
+from bench.utils import eurosat_root, record
 
 THREADS = 2
 BATCH = 32
-
-
-def _eurosat() -> Path:
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    root = Path(os.environ.get("FASTDINO_DATA", default)) / "eurosat"
-    if not (root / "train.txt").is_file():
-        pytest.skip(f"EuroSAT not found at {root} (set FASTDINO_DATA to the folder holding eurosat/)")
-    return root
 
 
 @pytest.mark.parametrize("impl", ["reference", "fastdino"])
 def test_pipeline_dino_mc_cpu(benchmark, impl):
     if impl == "fastdino" and not dali_available():
         pytest.skip("nvidia-dali is not installed (pip install 'fastdino[dali]')")
-    root = _eurosat()
+    root = eurosat_root()
     n = 320 if benchmark.enabled else 64
     src = build_source(root / "images", list_file=root / "train.txt")
     src.paths, src.labels = src.paths[::len(src.paths) // n][:n], None  # spread over the classes

@@ -12,7 +12,9 @@ import os
 import resource
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 import torch
 
 # Peak HBM bandwidth in GB/s by device-name fragment (vendor data sheets).
@@ -28,6 +30,15 @@ _GPU_PEAK_GBPS = {
     "A10": 600.0,
     "RTX 4090": 1008.0,
 }
+
+
+def eurosat_root() -> Path:
+    """The EuroSAT folder under FASTDINO_DATA (default: the team's shared data beside the repository), or a skip."""
+    default = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    root = Path(os.environ.get("FASTDINO_DATA", default)) / "eurosat"
+    if not (root / "train.txt").is_file():
+        pytest.skip(f"EuroSAT not found at {root} (set FASTDINO_DATA to the folder holding eurosat/)")
+    return root
 
 
 def devices() -> list[str]:

@@ -74,6 +74,25 @@ def resolve_recipe(args: argparse.Namespace) -> dict:
     return recipe
 
 
+def build_sgd_finetune(args: argparse.Namespace, recipe: dict, saved: dict | None, n_outputs: int, device):
+    """The backbone + Linear head, SGD and the per-epoch cosine of the authors' EuroSAT and BigEarthNet scripts
+    (main_eurosat.py L101-107, main_bigearthnet.py L124-132), restored from `saved` when resuming.
+    Returns (loaded backbone, model, optimizer, scheduler, history, start epoch)."""
+    common.seed_everything(recipe["seed"])
+    loaded = backbone_from_args(args, random_init=recipe["random_init"], img_size=recipe["img_size"],
+                                seed=recipe["seed"])
+    set_drop_path(loaded.backbone, recipe["drop_path"])
+    model = Classifier(loaded.backbone, n_outputs).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
+                                weight_decay=recipe["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe["epochs"], eta_min=0)
+    history, start_epoch = [], 0
+    if saved is not None:
+        common.restore(saved, model, optimizer, scheduler)
+        history, start_epoch = list(saved["history"]), int(saved["epoch"])
+    return loaded, model, optimizer, scheduler, history, start_epoch
+
+
 def finetune(args: argparse.Namespace) -> dict:
     recipe = resolve_recipe(args)
     resume_from = common.check_output(args.output, resume=args.resume, overwrite=args.overwrite)
@@ -82,18 +101,8 @@ def finetune(args: argparse.Namespace) -> dict:
     splits, classes = read_splits(args.data, {"train": train_list, "val": args.val_list, "test": args.test_list})
     common.check_disjoint({name: (split.paths, split.where) for name, split in splits.items()}, "image")
     device = common.resolve_device(args.device)
-    common.seed_everything(recipe["seed"])
-    loaded = backbone_from_args(args, random_init=recipe["random_init"], img_size=recipe["img_size"],
-                                seed=recipe["seed"])
-    set_drop_path(loaded.backbone, recipe["drop_path"])
-    model = Classifier(loaded.backbone, len(classes)).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
-                                weight_decay=recipe["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe["epochs"], eta_min=0)
-    history, start_epoch = [], 0
-    if saved is not None:
-        common.restore(saved, model, optimizer, scheduler)
-        history, start_epoch = list(saved["history"]), int(saved["epoch"])
+    loaded, model, optimizer, scheduler, history, start_epoch = build_sgd_finetune(args, recipe, saved, len(classes),
+                                                                                 device)
     size, mean, std = recipe["img_size"], loaded.mean, loaded.std
     load, multispectral = load_rgb, bool(loaded.bands)
     if multispectral:

@@ -26,8 +26,7 @@ import torch
 import torch.nn as nn
 
 from . import common
-from .backbones import backbone_from_args, set_drop_path
-from .classify import Classifier
+from .classify import build_sgd_finetune
 from .data_bigearthnet import LABELS_19, BigEarthNetDataset, BigEarthNetSplit, bad_patches
 from .metrics import multilabel_scores
 
@@ -86,18 +85,8 @@ def finetune(args: argparse.Namespace) -> dict:
                           "patch")
     splits["train"] = splits["train"].subset(recipe["train_frac"], recipe["seed"])
     device = common.resolve_device(args.device)
-    common.seed_everything(recipe["seed"])
-    loaded = backbone_from_args(args, random_init=recipe["random_init"], img_size=recipe["img_size"],
-                                seed=recipe["seed"])
-    set_drop_path(loaded.backbone, recipe["drop_path"])
-    model = Classifier(loaded.backbone, len(LABELS_19)).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
-                                weight_decay=recipe["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe["epochs"], eta_min=0)
-    history, start_epoch = [], 0
-    if saved is not None:
-        common.restore(saved, model, optimizer, scheduler)
-        history, start_epoch = list(saved["history"]), int(saved["epoch"])
+    loaded, model, optimizer, scheduler, history, start_epoch = build_sgd_finetune(args, recipe, saved, len(LABELS_19),
+                                                                                 device)
     notes = {name: {"patches": len(s.patches), "excluded_flagged": s.excluded, "without_19_class_label": s.unlabelled}
              for name, s in splits.items()}
     mean, std = common.input_normalisation(loaded, recipe["normalize"], args.normalize)
