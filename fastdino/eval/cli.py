@@ -316,6 +316,11 @@ def format_table(result: dict) -> str:
         (model, method, str(result["n_train"]), str(result["n_test"]), str(result["image_size"]),
          f"{result['top1']:.2f}", f"{result['top5']:.2f}"),
     ]
+    return format_rows(rows)
+
+
+def format_rows(rows: list[tuple[str, ...]]) -> str:
+    """A fixed-width table, the header (first row) underlined: how every fastdino result is printed."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

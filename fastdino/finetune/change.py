@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from fastdino.eval.cli import format_rows
+
 from . import common
 from .backbones import backbone_from_args, set_drop_path
 from .change_model import ChangeNet
@@ -232,7 +234,7 @@ def display(city: City, image: np.ndarray) -> np.ndarray:
 def format_table(result: dict) -> str:
     model = common.model_label(result["arch"], result["state"])
     method = f"change {result['epochs']} ep, encoder {result['encoder']}"
-    return common.format_rows([
+    return format_rows([
         ("model", "eval", "train tiles", f"{result['scored_split']} cities", "tile", "precision", "recall", "F1",
          "IoU"),
         (model, method, str(result["n_train_tiles"]), str(len(result["cities"][result["scored_split"]])),

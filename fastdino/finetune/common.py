@@ -297,13 +297,5 @@ def print_result(table: str, result: dict) -> int:
     return 0
 
 
-def format_rows(rows: list[tuple[str, ...]]) -> str:
-    """A fixed-width table, header underlined, like `fastdino eval` prints."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def model_label(arch: str, state: str) -> str:
     return f"{arch} ({state})"

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from fastdino.eval.cli import format_rows
+
 from . import common
 from .classify import build_sgd_finetune
 from .data_bigearthnet import LABELS_19, BigEarthNetDataset, BigEarthNetSplit, bad_patches
@@ -167,7 +169,7 @@ def format_table(result: dict) -> str:
     model = common.model_label(result["arch"], result["state"])
     method = f"finetune {result['epochs']} ep, frac {result['train_frac']:g}"
     macro = "-" if result["macro_ap"] is None else f"{result['macro_ap']:.2f}"
-    return common.format_rows([
+    return format_rows([
         ("model", "eval", "train", result["scored_split"], "size", "micro mAP", "macro mAP"),
         (model, method, str(result["n_train"]), str(result["n_test"]), str(result["image_size"]),
          f"{result['micro_ap']:.2f}", macro),
