@@ -89,7 +89,7 @@ class OptimConfig:
     name: str = "adamw"  # adamw | sgd (DINO's `--optimizer`: torch.optim.SGD(momentum=0.9), main_dino.py L226-229)
     lr: float = 5e-4  # per 256 images; the run uses scaled_lr(config) = lr * global batch / 256
     min_lr: float = 1e-6
-    warmup_epochs: int = 10
+    warmup_epochs: float = 10  # linear lr warm-up; a fraction of an epoch is allowed (rounded to whole steps)
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
     clip_grad: float = 3.0  # 0 turns clipping off
@@ -137,6 +137,7 @@ class EvalConfig:
     knn_val: str | None = None  # labelled list scored after every knn_every epochs (choose recipes on val, not test)
     knn_root: str | None = None  # folder the lists are relative to (None: data.path)
     knn_every: int = 1  # epochs between evaluations; the last epoch is always evaluated
+    knn_every_steps: int = 0  # also evaluate every N steps inside an epoch (0: off): a curve for short runs
     knn_bank_size: int = 5000  # stratified subset of knn_train used as the memory bank (0: all of it)
     knn_k: int = 20  # DINO eval_knn.py defaults: 20 neighbours, vote weight exp(similarity / 0.07)
     knn_temperature: float = 0.07
@@ -555,6 +556,7 @@ def validate(config: Config) -> None:
     for key in ("eval.knn_every", "eval.knn_k", "eval.knn_temperature"):
         need(get(key) > 0, key, "must be > 0")
     need(get("eval.knn_image_size") is None or get("eval.knn_image_size") > 0, "eval.knn_image_size", "must be > 0")
+    need(get("eval.knn_every_steps") >= 0, "eval.knn_every_steps", "must be >= 0 (0: only after epochs)")
     need(get("eval.knn_bank_size") >= 0, "eval.knn_bank_size", "must be >= 0 (0: the whole knn_train list)")
     for key in ("optim.lr", "loss.student_temp", "loss.teacher_temp", "loss.warmup_teacher_temp"):
         need(get(key) > 0, key, "must be > 0")

@@ -451,6 +451,9 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
                          f"mem {rec['peak_mem_gib']:.2f} GiB  eta {_hms(rec['eta_s'])}")
                 window, data_wait, t_window = [], 0.0, time.perf_counter()
             _log_skipped(loader, skipped, log, epoch, it)
+            if knn is not None and not last_of_epoch and knn.due_mid_epoch(done):  # a collective, like below
+                log.metrics(rec := knn.evaluate(tr.teacher["backbone"], epoch=epoch, iteration=it, mid_epoch=True))
+                log.info(knn.format(rec, epochs))
             decision = control.after_step(done)
             stop = decision.stop
             if (decision.save or stop or done == total) and i + 1 < ipe:  # mid-epoch: last.pt at the next batch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -207,3 +208,19 @@ def test_unreadable_checkpoint_names_the_file(tmp_path):
         ckpt_io.load_checkpoint(bad)
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
         ckpt_io.load_checkpoint(tmp_path)
+
+
+def test_fractional_warmup_is_rounded_to_whole_steps():
+    # a one-epoch run (the tiny preset on a CPU budget) still warms up: 0.25 of 506 steps -> 126 rising steps
+    from fastdino.schedules import cosine_schedule, schedule_warnings
+
+    config = load_config("tiny", overrides=["optim.warmup_epochs=0.25", "run.epochs=1"])
+    assert config.optim.warmup_epochs == 0.25
+    lr = cosine_schedule(1.0, 0.0, epochs=1, iters_per_epoch=506, warmup_epochs=0.25)
+    assert len(lr) == 506 and lr[0] == 0.0 and lr[125] == 1.0
+    assert np.all(np.diff(lr[:126]) > 0) and np.all(np.diff(lr[126:]) < 0)
+    assert schedule_warnings(epochs=1, iters_per_epoch=506, warmup_epochs=0.25) == []
+    assert "stops inside the lr warm-up (126" in schedule_warnings(epochs=1, iters_per_epoch=506,
+                                                                  warmup_epochs=0.25, max_steps=100)[0]
+    with pytest.raises(ConfigError, match="optim.warmup_epochs=-0.5"):
+        load_config("tiny", overrides=["optim.warmup_epochs=-0.5"])

@@ -159,3 +159,23 @@ def test_training_run_logs_knn_every_epoch_and_plots_it(tmp_path):
     assert sum("k-NN top-1" in line for line in lines) == 2 and any("online k-NN: bank 11" in x for x in lines)
     with Image.open(tmp_path / "run" / "plots" / "curves.png") as im:
         assert im.size == (1000, 700)
+
+
+def test_knn_every_steps_adds_mid_epoch_points(tmp_path):
+    # a one-epoch run gets a curve: evaluations after steps 4 and 8 inside the epoch (21 images at batch 2: 10
+    # steps), then at the epoch's end
+    from fastdino.train import train
+
+    root, train_list, val_list = _lists(tmp_path)
+    config = _config(root, train_list, val_list, "run.epochs=1", "run.batch_size=2", "run.log_every=1",
+                     "data.backend=torch", "data.num_threads=0", "model.out_dim=64", "model.hidden_dim=32",
+                     "model.bottleneck_dim=16", "optim.warmup_epochs=0.5", "eval.knn_every_steps=4")
+    lines = []
+    train(config, tmp_path / "run", echo=lines.append)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    knn = [r for r in records if r["type"] == "knn"]
+    assert [(r["iteration"], r.get("mid_epoch", False)) for r in knn] == [(3, True), (7, True), (9, False)]
+    assert sum("step 4  k-NN top-1" in line or "step 8  k-NN top-1" in line for line in lines) == 2
+    assert any("every 1 epoch(s) and every 4 steps" in line for line in lines)
+    with pytest.raises(ConfigError, match="eval.knn_every_steps=-1"):
+        load_config("tiny", overrides=["eval.knn_every_steps=-1"])

@@ -4,7 +4,7 @@ Set by the `eval` config section (`--set eval.knn_train=LIST eval.knn_val=LIST`,
 `eval.knn_root`, default `data.path`). At start every listed image is decoded and resized once, exactly as
 `fastdino eval` does it (`EvalTransform`: whole-image resize to the largest global crop, bicubic), and kept as one
 uint8 tensor (EuroSAT: 3 x 64 x 64 = 12 KiB an image); normalisation happens per batch. After every
-`eval.knn_every` epochs (and after the last) the teacher backbone embeds the memory bank and the val images
+`eval.knn_every` epochs (and after the last), and every `eval.knn_every_steps` steps inside an epoch, the teacher backbone embeds the memory bank and the val images
 (L2-normalised CLS features) and DINO's weighted k-NN (`fastdino.eval.knn`, k=20, T=0.07) scores val.
 
 The memory bank is a stratified, seeded subset of `eval.knn_train` (`eval.knn_bank_size` images, 0 = all): the
@@ -89,11 +89,13 @@ class OnlineKNN:
     it) and returns the metrics record."""
 
     def __init__(self, bank_paths: Sequence, bank_labels: Sequence[int], val_paths: Sequence, val_labels: Sequence[int],
-                 num_classes: int, transform: EvalTransform, *, device: torch.device, every: int = 1, k: int = 20,
+                 num_classes: int, transform: EvalTransform, *, device: torch.device, every: int = 1,
+                 every_steps: int = 0, k: int = 20,
                  temperature: float = 0.07, batch_size: int = 256, amp_dtype: torch.dtype | None = None,
                  dist_info: DistInfo = SINGLE_PROCESS):
         t0 = time.perf_counter()
         self.transform, self.device, self.every, self.k, self.temperature = transform, device, every, k, temperature
+        self.every_steps = every_steps
         self.batch_size, self.amp_dtype, self.num_classes = batch_size, amp_dtype, num_classes
         self.rank, self.world = dist_info.rank, dist_info.world_size
         self.n_bank, self.n_val = len(bank_paths), len(val_paths)
@@ -146,19 +148,27 @@ class OnlineKNN:
         amp = torch.bfloat16 if device.type == "cuda" and config.run.precision in ("auto", "bf16") else None
         return cls([split["train_paths"][i] for i in keep], [split["train_labels"][i] for i in keep],
                    split["test_paths"], split["test_labels"], len(split["classes"]), transform, device=device,
-                   every=e.knn_every, k=e.knn_k, temperature=e.knn_temperature, amp_dtype=amp, dist_info=dist_info)
+                   every=e.knn_every, every_steps=e.knn_every_steps, k=e.knn_k, temperature=e.knn_temperature, amp_dtype=amp, dist_info=dist_info)
 
     def due(self, epochs_done: int, total_epochs: int) -> bool:
         """Evaluate after every `every` epochs and after the last one."""
         return epochs_done % self.every == 0 or epochs_done == total_epochs
 
+    def due_mid_epoch(self, steps_done: int) -> bool:
+        """Evaluate after this many steps in all (`every_steps`; the end of an epoch is `due`'s call)."""
+        return self.every_steps > 0 and steps_done % self.every_steps == 0
+
     def describe(self) -> str:
+        steps = f" and every {self.every_steps} steps" if self.every_steps else ""
         return (f"online k-NN: bank {self.n_bank} images, val {self.n_val}, {self.transform.size} px, k={self.k}, "
-                f"every {self.every} epoch(s); images decoded in {self.setup_seconds:.1f} s")
+                f"every {self.every} epoch(s){steps}; images decoded in {self.setup_seconds:.1f} s")
 
     def format(self, record: dict, total_epochs: int) -> str:
         """The progress line of one evaluation."""
-        return (f"epoch {record['epoch'] + 1}/{total_epochs}  k-NN top-1 {record['knn_top1']:.2f}  "
+        where = f"epoch {record['epoch'] + 1}/{total_epochs}"
+        if record.get("mid_epoch"):
+            where += f" step {record['iteration'] + 1}"
+        return (f"{where}  k-NN top-1 {record['knn_top1']:.2f}  "
                 f"top-5 {record['knn_top5']:.2f}  (val {record['knn_val']}, bank {record['knn_bank']}, "
                 f"{record['knn_seconds']:.1f} s; {self.total_seconds:.0f} s in all)")
 
