@@ -34,7 +34,7 @@ def schedule_warnings(*, epochs: int, iters_per_epoch: int, warmup_epochs: float
     out = []
     total = epochs * iters_per_epoch
     if warmup_epochs >= epochs > 0:
-        out.append(f"optim.warmup_epochs={warmup_epochs} >= run.epochs={epochs}: the whole run is the linear lr "
+        out.append(f"optim.warmup_epochs={warmup_epochs:g} >= run.epochs={epochs}: the whole run is the linear lr "
                    "warm-up, which ends at the peak lr and never decays; train more epochs than the warm-up "
                    f"(DINO: 10 of 100) or lower optim.warmup_epochs")
     elif max_steps is not None and max_steps <= round(warmup_epochs * iters_per_epoch):
