@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def warmup_iterations(warmup_epochs: float, epochs: int, iters_per_epoch: int) -> int:
+    """Iterations of the linear warm-up: a fraction of an epoch is rounded to whole iterations."""
+    return round(min(warmup_epochs, epochs) * iters_per_epoch)
+
+
 def cosine_schedule(base_value: float, final_value: float, epochs: int, iters_per_epoch: int,
                     warmup_epochs: float = 0, start_warmup_value: float = 0.0) -> np.ndarray:
     """Linear warm-up from `start_warmup_value` to `base_value` over `warmup_epochs` (a fraction is rounded to
@@ -12,7 +17,7 @@ def cosine_schedule(base_value: float, final_value: float, epochs: int, iters_pe
     value per iteration, epochs * iters_per_epoch long."""
     if epochs <= 0 or iters_per_epoch <= 0:
         raise ValueError(f"cosine_schedule needs epochs > 0 and iters_per_epoch > 0, got {epochs}, {iters_per_epoch}")
-    warmup_iters = round(min(warmup_epochs, epochs) * iters_per_epoch)
+    warmup_iters = warmup_iterations(warmup_epochs, epochs, iters_per_epoch)
     warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_iters > 0 else np.array([])
     iters = np.arange(epochs * iters_per_epoch - warmup_iters)
     cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
@@ -37,8 +42,8 @@ def schedule_warnings(*, epochs: int, iters_per_epoch: int, warmup_epochs: float
         out.append(f"optim.warmup_epochs={warmup_epochs:g} >= run.epochs={epochs}: the whole run is the linear lr "
                    "warm-up, which ends at the peak lr and never decays; train more epochs than the warm-up "
                    f"(DINO: 10 of 100) or lower optim.warmup_epochs")
-    elif max_steps is not None and max_steps <= round(warmup_epochs * iters_per_epoch):
-        out.append(f"run.max_steps={max_steps} stops inside the lr warm-up ({round(warmup_epochs * iters_per_epoch)} "
+    elif max_steps is not None and max_steps <= (warmup := warmup_iterations(warmup_epochs, epochs, iters_per_epoch)):
+        out.append(f"run.max_steps={max_steps} stops inside the lr warm-up ({warmup} "
                    f"steps of the {total}-step schedule of run.epochs={epochs}): the lr only rises")
     if freeze_last_layer >= epochs > 0:
         out.append(f"optim.freeze_last_layer={freeze_last_layer} >= run.epochs={epochs}: the head's last layer "

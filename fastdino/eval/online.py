@@ -4,8 +4,9 @@ Set by the `eval` config section (`--set eval.knn_train=LIST eval.knn_val=LIST`,
 `eval.knn_root`, default `data.path`). At start every listed image is decoded and resized once, exactly as
 `fastdino eval` does it (`EvalTransform`: whole-image resize to the largest global crop, bicubic), and kept as one
 uint8 tensor (EuroSAT: 3 x 64 x 64 = 12 KiB an image); normalisation happens per batch. After every
-`eval.knn_every` epochs (and after the last), and every `eval.knn_every_steps` steps inside an epoch, the teacher backbone embeds the memory bank and the val images
-(L2-normalised CLS features) and DINO's weighted k-NN (`fastdino.eval.knn`, k=20, T=0.07) scores val.
+`eval.knn_every` epochs (and after the last), and every `eval.knn_every_steps` steps inside an epoch, the teacher
+backbone embeds the memory bank and the val images (L2-normalised CLS features) and DINO's weighted k-NN
+(`fastdino.eval.knn`, k=20, T=0.07) scores val.
 
 The memory bank is a stratified, seeded subset of `eval.knn_train` (`eval.knn_bank_size` images, 0 = all): the
 backbone pass over the bank is most of the cost, and a smaller bank gives lower accuracy than `fastdino eval knn`
@@ -90,9 +91,8 @@ class OnlineKNN:
 
     def __init__(self, bank_paths: Sequence, bank_labels: Sequence[int], val_paths: Sequence, val_labels: Sequence[int],
                  num_classes: int, transform: EvalTransform, *, device: torch.device, every: int = 1,
-                 every_steps: int = 0, k: int = 20,
-                 temperature: float = 0.07, batch_size: int = 256, amp_dtype: torch.dtype | None = None,
-                 dist_info: DistInfo = SINGLE_PROCESS):
+                 every_steps: int = 0, k: int = 20, temperature: float = 0.07, batch_size: int = 256,
+                 amp_dtype: torch.dtype | None = None, dist_info: DistInfo = SINGLE_PROCESS):
         t0 = time.perf_counter()
         self.transform, self.device, self.every, self.k, self.temperature = transform, device, every, k, temperature
         self.every_steps = every_steps
@@ -148,7 +148,8 @@ class OnlineKNN:
         amp = torch.bfloat16 if device.type == "cuda" and config.run.precision in ("auto", "bf16") else None
         return cls([split["train_paths"][i] for i in keep], [split["train_labels"][i] for i in keep],
                    split["test_paths"], split["test_labels"], len(split["classes"]), transform, device=device,
-                   every=e.knn_every, every_steps=e.knn_every_steps, k=e.knn_k, temperature=e.knn_temperature, amp_dtype=amp, dist_info=dist_info)
+                   every=e.knn_every, every_steps=e.knn_every_steps, k=e.knn_k, temperature=e.knn_temperature,
+                   amp_dtype=amp, dist_info=dist_info)
 
     def due(self, epochs_done: int, total_epochs: int) -> bool:
         """Evaluate after every `every` epochs and after the last one."""
