@@ -454,6 +454,7 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
             if knn is not None and not last_of_epoch and knn.due_mid_epoch(done):  # a collective, like below
                 log.metrics(rec := knn.evaluate(tr.teacher["backbone"], epoch=epoch, iteration=it, mid_epoch=True))
                 log.info(knn.format(rec, epochs))
+                t_window += rec["knn_seconds"]  # evaluating is not training: keep it out of the window's img/s
             decision = control.after_step(done)
             stop = decision.stop
             if (decision.save or stop or done == total) and i + 1 < ipe:  # mid-epoch: last.pt at the next batch
