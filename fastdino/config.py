@@ -105,6 +105,8 @@ class LossConfig:
     student_temp: float = 0.1
     center_momentum: float = 0.9
     momentum_teacher: float = 0.996  # cosine to 1 over training
+    # DINOv2's KoLeo term on the student's global-view backbone features (fastdino/koleo.py; DINOv2: 0.1). 0 = DINO.
+    koleo_weight: float = 0.0
     ema_buffers: str = "none"  # teacher float buffers (BatchNorm statistics): none (DINO: its own) | copy | average
     backend: str = "auto"  # auto | triton | torch | reference (fastdino.kernels backends)
 
@@ -562,7 +564,7 @@ def validate(config: Config) -> None:
         need(get(key) > 0, key, "must be > 0")
     for key in ("optim.min_lr", "optim.weight_decay", "optim.weight_decay_end", "optim.clip_grad",
                 "optim.warmup_epochs", "optim.freeze_last_layer", "loss.warmup_teacher_temp_epochs", "run.seed",
-                "run.checkpoint_every_steps", "run.checkpoint_every_minutes"):
+                "run.checkpoint_every_steps", "run.checkpoint_every_minutes", "loss.koleo_weight"):
         need(get(key) >= 0, key, "must be >= 0")
     threads = get("data.num_threads")
     need(threads == "auto" or (isinstance(threads, int) and threads >= 0), "data.num_threads",

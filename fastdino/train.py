@@ -171,6 +171,7 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
     DINOLoss(backend="reference"), per-tensor EMA loop (the original DINO code paths)."""
     from fastdino.kernels import DINOLoss, FlatEMA
     from fastdino.kernels.reference import reference_ema_update
+    from fastdino.koleo import koleo_per_view
     from fastdino.models import MultiCropWrapper, convert_sync_batchnorm, has_batchnorms, reference_forward_views
 
     precision = resolve_precision(config, device)
@@ -184,8 +185,10 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
                          lc.warmup_teacher_temp_epochs, config.run.epochs, lc.student_temp, lc.center_momentum,
                          n_global=n_global, backend="reference" if reference else lc.backend).to(device)
     if reference:
-        def student_forward(views):
-            return student["head"](reference_forward_views(student["backbone"], views))
+        def student_forward(views, return_features=False):
+            features = reference_forward_views(student["backbone"], views)
+            logits = student["head"](features)
+            return (logits, features) if return_features else logits
 
         def teacher_forward(views):
             return teacher["head"](reference_forward_views(teacher["backbone"], views))
@@ -227,8 +230,14 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
         with torch.autocast(device.type, dtype=_AMP_DTYPE[precision], enabled=precision != "fp32"):
             with torch.no_grad():
                 teacher_out = teacher_forward(views[:n_global])
-            student_out = student_forward(views)
-            loss = dino_loss(student_out, teacher_out, epoch)
+            if lc.koleo_weight:
+                student_out, features = student_forward(views, return_features=True)
+                n_global_rows = sum(len(v) for v in views[:n_global])
+                koleo = koleo_per_view(features[:n_global_rows], n_global)
+                loss = dino_loss(student_out, teacher_out, epoch) + lc.koleo_weight * koleo
+            else:
+                student_out = student_forward(views)
+                loss = dino_loss(student_out, teacher_out, epoch)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)

@@ -15,7 +15,10 @@ class MultiCropWrapper(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, views: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    def forward(self, views: list[torch.Tensor] | torch.Tensor, return_features: bool = False):
+        """return_features=True: (logits, backbone features [sum B_v, D]), for a loss on the features."""
         if isinstance(views, torch.Tensor):
             views = [views]
-        return self.head(self.backbone.forward_views(views))
+        features = self.backbone.forward_views(views)
+        logits = self.head(features)
+        return (logits, features) if return_features else logits
