@@ -157,8 +157,9 @@ def _fastdino_run(path: Path, list_file: Path | None, out: Path, warmup: int, ti
     import fastdino.train as fastdino_train
     from fastdino.config import load_config
 
+    # DINO's loss alone (no KoLeo term): the same work as lightly-train's DINO
     config = load_config("tiny", overrides=["run.device=cpu", f"run.batch_size={BATCH}", "data.num_threads=1",
-                                            "run.precision=fp32"])
+                                            "run.precision=fp32", "loss.koleo_weight=0"])
     config.data.path = str(path)
     config.data.list_file = None if list_file is None else str(list_file)
     build_training = getattr(fastdino_train.build_training, "unpatched", fastdino_train.build_training)  # round 2+

@@ -20,7 +20,7 @@ import resource
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from torch import nn
 
 import fastdino
 from fastdino import checkpoint as ckpt_io
-from fastdino.config import Config, backbone_kwargs, config_diff, head_kwargs, save_config, scaled_lr
+from fastdino.config import Config, ConfigError, backbone_kwargs, config_diff, head_kwargs, save_config, scaled_lr
 from fastdino.distributed import SINGLE_PROCESS, DistInfo, all_reduce_mean, cleanup, init_distributed, per_rank_batch
 from fastdino.multi_tensor import group_by_device_and_dtype, scale_each_
 from fastdino.preemption import RunControl, StopSignals, resume_command
@@ -163,6 +163,8 @@ class Training:
     scaler: torch.amp.GradScaler
     step: Callable[..., torch.Tensor]
     precision: str
+    # loss.koleo_weight > 0: each step's unweighted KoLeo term (detached), for the log; the log empties it
+    koleo_terms: list[torch.Tensor] = field(default_factory=list)
 
 
 def build_training(config: Config, device: torch.device, *, n_global: int, n_views: int, reference: bool = False,
@@ -181,6 +183,11 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
         # DDP and the optimiser; the conversion keeps every Parameter and buffer object.
         student, teacher = convert_sync_batchnorm(student), convert_sync_batchnorm(teacher)
     lc = config.loss
+    if lc.koleo_weight and config.run.batch_size // dist_info.world_size < 2:
+        raise ConfigError(f"loss.koleo_weight={lc.koleo_weight:g} needs at least 2 images per rank (each image's "
+                          f"nearest neighbour is searched within its rank's batch); run.batch_size="
+                          f"{config.run.batch_size} over {dist_info.world_size} rank(s): raise it or set "
+                          "loss.koleo_weight=0")
     dino_loss = DINOLoss(config.model.out_dim, n_views, lc.warmup_teacher_temp, lc.teacher_temp,
                          lc.warmup_teacher_temp_epochs, config.run.epochs, lc.student_temp, lc.center_momentum,
                          n_global=n_global, backend="reference" if reference else lc.backend).to(device)
@@ -222,6 +229,8 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
     last_layer = [p for n, p in student.named_parameters() if n.startswith("head.last_layer")]
     o = config.optim
 
+    koleo_terms = []
+
     def step(views: list[torch.Tensor], lr: float, wd: float, momentum: float, epoch: int) -> torch.Tensor:
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -235,6 +244,7 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
                 n_global_rows = sum(len(v) for v in views[:n_global])
                 koleo = koleo_per_view(features[:n_global_rows], n_global)
                 loss = dino_loss(student_out, teacher_out, epoch) + lc.koleo_weight * koleo
+                koleo_terms.append(koleo.detach())
             else:
                 student_out = student_forward(views)
                 loss = dino_loss(student_out, teacher_out, epoch)
@@ -250,7 +260,7 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
         ema_update(momentum)
         return loss.detach()
 
-    return Training(student, teacher, dino_loss, optimizer, scaler, step, precision)
+    return Training(student, teacher, dino_loss, optimizer, scaler, step, precision, koleo_terms)
 
 
 def build_loader(config: Config, device: torch.device, dist_info: DistInfo = SINGLE_PROCESS, *,
@@ -454,8 +464,14 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
                            img_per_s=images_per_step * len(window) / dt, data_wait=data_wait / dt,
                            peak_mem_gib=peak_memory_gib(device),
                            eta_s=(time.time() - loop_start) / (done - start_done) * (total - done))
+                shown_koleo = ""
+                if tr.koleo_terms:  # the unweighted KoLeo term (its weighted value is inside `loss`)
+                    rec["koleo"] = all_reduce_mean(torch.stack(tr.koleo_terms).float()).mean().item()
+                    tr.koleo_terms.clear()
+                    shown_koleo = f" (KoLeo {rec['koleo']:.3f})"
                 log.metrics(rec)
-                log.info(f"epoch {epoch + 1}/{epochs} it {i + 1}/{ipe}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
+                log.info(f"epoch {epoch + 1}/{epochs} it {i + 1}/{ipe}  loss {rec['loss']:.4f}{shown_koleo}  "
+                         f"lr {rec['lr']:.2e}  "
                          f"{rec['img_per_s']:.1f} img/s  data {100 * rec['data_wait']:.0f}%  "
                          f"mem {rec['peak_mem_gib']:.2f} GiB  eta {_hms(rec['eta_s'])}")
                 window, data_wait, t_window = [], 0.0, time.perf_counter()

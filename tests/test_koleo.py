@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -75,14 +76,16 @@ def test_koleo_needs_two_rows():
 def test_koleo_weight_is_validated():
     with pytest.raises(ConfigError, match="loss.koleo_weight"):
         load_config("tiny", overrides=["loss.koleo_weight=-0.1"])
-    assert load_config("tiny").loss.koleo_weight == 0.0  # DINO's loss unless asked
+    # DINO's loss in the presets that reproduce DINO / DINO-MC; the CPU preset adds DINOv2's term (docs/eval.md)
+    assert load_config("dino-mc-vits8").loss.koleo_weight == 0.0
+    assert load_config("tiny").loss.koleo_weight == 0.1
 
 
 def test_step_adds_the_weighted_koleo_of_the_global_views():
     """The step's loss with loss.koleo_weight=w is DINO's loss + w x KoLeo of the student's global-view
     features (same weights, same views), for the packed and the reference student alike."""
     w = 0.5
-    plain = scaled_config("tiny")
+    plain = scaled_config("tiny", overrides=["loss.koleo_weight=0"])
     with_koleo = scaled_config("tiny", overrides=[f"loss.koleo_weight={w}"])
     views = fixed_views(plain, batch=4)
     for reference in (False, True):
@@ -92,3 +95,26 @@ def test_step_adds_the_weighted_koleo_of_the_global_views():
         dino_only = build(plain, reference=reference).step(views, lr=0.0, wd=0.04, momentum=0.99, epoch=1)
         total = tr.step(views, lr=0.0, wd=0.04, momentum=0.99, epoch=1)
         torch.testing.assert_close(total, dino_only + w * expected_koleo, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weight", [0.1, 0.0])
+def test_the_log_shows_the_koleo_term_when_it_is_on(tmp_path, weight):
+    from test_train import loop_config
+
+    from fastdino.train import train
+
+    run = tmp_path / "run"
+    train(loop_config(tmp_path, 1, [f"loss.koleo_weight={weight}"]), run, echo=lambda msg: None)
+    steps = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == "step"]
+    assert steps
+    if weight:
+        assert all(math.isfinite(r["koleo"]) for r in steps)
+        assert "(KoLeo " in (run / "train.log").read_text()
+    else:
+        assert not any("koleo" in r for r in steps)
+
+
+def test_koleo_needs_two_images_per_rank():
+    config = scaled_config("tiny", overrides=["run.batch_size=1"])
+    with pytest.raises(ConfigError, match="loss.koleo_weight=0.1 needs at least 2 images per rank"):
+        build(config)
