@@ -183,7 +183,7 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
         # DDP and the optimiser; the conversion keeps every Parameter and buffer object.
         student, teacher = convert_sync_batchnorm(student), convert_sync_batchnorm(teacher)
     lc = config.loss
-    if lc.koleo_weight and config.run.batch_size // dist_info.world_size < 2:
+    if lc.koleo_weight and per_rank_batch(config.run.batch_size, dist_info.world_size) < 2:
         raise ConfigError(f"loss.koleo_weight={lc.koleo_weight:g} needs at least 2 images per rank (each image's "
                           f"nearest neighbour is searched within its rank's batch); run.batch_size="
                           f"{config.run.batch_size} over {dist_info.world_size} rank(s): raise it or set "
