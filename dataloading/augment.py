@@ -5,7 +5,10 @@ square size that share every random-parameter distribution; DINO's two global vi
 solarize 0 / 0.2), so a global spec has two groups of one view each. Views are ordered globals first, then
 locals, in group order: that is the order of the tensors a pipeline yields. Every global view is a teacher view.
 
-Order of operations per view: RandomResizedCrop, then flip, colour jitter, grayscale, blur, solarize (DINO).
+Order of operations per view: RandomResizedCrop, then flip, colour jitter, grayscale, blur, solarize (DINO);
+then, where a group asks for them, a vertical flip and a transpose of the finished view (the symmetries of overhead
+imagery: `vflip_p`, `transpose_p`; the colour operations act per pixel and the blur is isotropic, so where in the
+chain a symmetry of the square is applied does not change the view's distribution).
 A group with `colour_before_crop` does jitter, grayscale, blur, solarize and flip on the whole image first and
 crops last (DINO-TP's MCTemporal.augment, DINO-MC data_process/dino_dataset.py L97-104, applied before
 DataAugmentationTP's crop, data_process/dino_augmentation.py L77-80).
@@ -47,7 +50,11 @@ class ViewGroup:
     scale: tuple[float, float] = (0.32, 1.0)  # RandomResizedCrop area fraction
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect ratio
     interpolation: str = "bicubic"
-    flip_p: float = 0.5
+    flip_p: float = 0.5  # horizontal
+    # Overhead imagery has no "up": vflip_p = transpose_p = flip_p = 0.5 draws each of the 8 symmetries of the
+    # square (4 rotations by 90 degrees, 4 reflections) with probability 1/8. Applied to the finished view.
+    vflip_p: float = 0.0
+    transpose_p: float = 0.0  # swap rows and columns (a reflection about the main diagonal)
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
@@ -74,7 +81,7 @@ class ViewGroup:
             fail("ratio", self.ratio, "must be (lo, hi) with 0 < lo <= hi")
         if self.interpolation not in INTERPOLATIONS:
             fail("interpolation", self.interpolation, f"must be one of {INTERPOLATIONS}")
-        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+        for name in ("flip_p", "vflip_p", "transpose_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
             p = getattr(self, name)
             if not isinstance(p, (int, float)) or not 0 <= p <= 1:
                 fail(name, p, "must be a probability in [0, 1]")

@@ -63,8 +63,22 @@ def _view(image, g: ViewGroup, mean, std, colour_first: bool):
         if not colour_first:
             img = _colour(img, g)
         img = _blur_solarize(img, g)
-    return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std,
-                                    mirror=fn.random.coin_flip(probability=g.flip_p))
+    if g.vflip_p == 0 and g.transpose_p == 0:  # DINO's views: the flip inside crop_mirror_normalize
+        return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std,
+                                        mirror=fn.random.coin_flip(probability=g.flip_p))
+    return fn.crop_mirror_normalize(_square_symmetry(img, g), dtype=types.FLOAT, output_layout="CHW", mean=mean,
+                                    std=std)
+
+
+def _square_symmetry(img, g: ViewGroup):
+    """Horizontal and vertical flips, then the transpose (the reference's order): with all three at p 0.5, each
+    of the 8 symmetries of the square."""
+    img = fn.flip(img, horizontal=fn.random.coin_flip(probability=g.flip_p),
+                  vertical=fn.random.coin_flip(probability=g.vflip_p))
+    if g.transpose_p > 0:
+        if fn.random.coin_flip(probability=g.transpose_p):
+            img = fn.transpose(img, perm=[1, 0, 2], output_layout="HWC")
+    return img
 
 
 def _blur_solarize(img, g: ViewGroup):

@@ -47,6 +47,8 @@ class ViewParams:
     grayscale: bool
     blur_sigma: float | None
     solarize: bool
+    vflip: bool = False  # applied to the finished view, then the transpose
+    transpose: bool = False
 
 
 def sample_crop(width: int, height: int, scale, ratio, rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -81,7 +83,10 @@ def sample_view_params(group: ViewGroup, width: int, height: int, rng: np.random
     grayscale = bool(rng.random() < group.grayscale_p)
     blur_sigma = float(rng.uniform(*group.blur_sigma)) if rng.random() < group.blur_p else None
     solarize = bool(rng.random() < group.solarize_p)
-    return ViewParams(crop, flip, jitter, grayscale, blur_sigma, solarize)
+    # Drawn only where asked for, so the draws of every spec without them are unchanged.
+    vflip = group.vflip_p > 0 and bool(rng.random() < group.vflip_p)
+    transpose = group.transpose_p > 0 and bool(rng.random() < group.transpose_p)
+    return ViewParams(crop, flip, jitter, grayscale, blur_sigma, solarize, vflip, transpose)
 
 
 def apply_view(img: Image.Image, group: ViewGroup, p: ViewParams, mean, std) -> torch.Tensor:
@@ -92,6 +97,8 @@ def apply_view(img: Image.Image, group: ViewGroup, p: ViewParams, mean, std) -> 
     else:  # DINO: crop, then flip and colour (main_dino.py L436-447)
         img = _crop(img, group, p)
         img = _photometric(TF.hflip(img) if p.flip else img, group, p)
+    img = TF.vflip(img) if p.vflip else img
+    img = img.transpose(Image.Transpose.TRANSPOSE) if p.transpose else img
     return TF.normalize(TF.to_tensor(img), mean, std)
 
 

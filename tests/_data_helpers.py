@@ -127,3 +127,24 @@ def temporal_sources(views, n_locations: int, n_acq: int, preview: bool = False)
     for c in view_colours(views):
         out.append([table.get(tuple(int(x) for x in torch.round(row).tolist())) for row in c])
     return out
+
+
+def square_symmetries(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 images of x [..., H, W] under the symmetries of the square, indexed 4 h + 2 v + t: horizontal flip h,
+    vertical flip v, then transpose t (the pipelines' order). All 8 differ for an image without symmetry."""
+    out = []
+    for h in (0, 1):
+        for v in (0, 1):
+            for t in (0, 1):
+                y = x.flip(-1) if h else x
+                y = y.flip(-2) if v else y
+                out.append(y.transpose(-1, -2) if t else y)
+    return out
+
+
+def which_symmetry(view: torch.Tensor, image: torch.Tensor, atol: float = 1e-4) -> int:
+    """Index (square_symmetries) of the symmetry that maps image to view; -1 if none does."""
+    for i, y in enumerate(square_symmetries(image)):
+        if torch.allclose(view, y, atol=atol):
+            return i
+    return -1

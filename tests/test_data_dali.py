@@ -11,6 +11,7 @@ from _data_helpers import (
     seco_tree,
     truncate,
     value_bounds,
+    which_symmetry,
 )
 from fastdino.dataloading import AugmentationSpec, build_pipeline, build_source, dali_available
 from fastdino.dataloading.dali_pipeline import looks_complete
@@ -68,6 +69,32 @@ def test_grayscale_and_flip_rates():
     gray = (views[:, 0] - views[:, 2]).abs().amax(dim=(1, 2)) < 2 / 255  # DALI rounds YIQ: channels within 1
     flipped = views[:, 1, :, 0].mean(1) > views[:, 1, :, -1].mean(1)
     assert abs(gray.float().mean() - 0.2) < tol and abs(flipped.float().mean() - 0.5) < tol
+
+
+@pytest.mark.parametrize("size", [16, 12])
+def test_square_symmetries_uniform_and_exact(tmp_path, size):
+    """flip, vflip, transpose at p 0.5: every view is one of the 8 symmetries of the tile, pixel for pixel, each
+    about 1/8 of the time (odd-shaped batches: 3 views of `size` px a sample)."""
+    from PIL import Image
+
+    arr = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    for i in range(40):
+        Image.fromarray(arr).save(tmp_path / f"{i}.png")
+    group = dataclasses.replace(TINY.local_views[0], size=size, count=3, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                                interpolation="nearest", jitter_p=0.0, grayscale_p=0.0, blur_p=0.0,
+                                solarize_p=0.0, flip_p=0.5, vflip_p=0.5, transpose_p=0.5)
+    spec = AugmentationSpec([group], mean=(0, 0, 0), std=(1, 1, 1))
+    image = torch.from_numpy(arr).permute(2, 0, 1).float()
+    pipe = _dali(build_source(tmp_path), spec, batch_size=10)
+    index = []
+    for epoch in range(4):
+        pipe.set_epoch(epoch)
+        for views in pipe:
+            index += [which_symmetry(v * 255, image, atol=1e-3) for view in views for v in view]
+    index = np.array(index)
+    assert (index >= 0).all(), "a view is not a symmetry of its tile"
+    counts = np.bincount(index, minlength=8) / len(index)  # 480 views
+    assert np.abs(counts - 1 / 8).max() < 4 * np.sqrt((1 / 8) * (7 / 8) / len(index))
 
 
 def test_ranks_split_the_epoch(tmp_path):

@@ -8,8 +8,10 @@ import torch
 from _data_helpers import (
     eurosat_root,
     image_folder,
+    square_symmetries,
     truncate,
     value_bounds,
+    which_symmetry,
     write_image,
 )
 from fastdino.dataloading import AugmentationSpec, ViewGroup, build_pipeline, build_source
@@ -64,6 +66,30 @@ def test_apply_view_flips_and_grays_as_drawn():
     assert torch.equal(apply_view(img, group, dataclasses.replace(plain, flip=True), (0,) * 3, (1,) * 3), x.flip(-1))
     gray = apply_view(img, group, dataclasses.replace(plain, grayscale=True), (0,) * 3, (1,) * 3)
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+
+
+def test_square_symmetries_are_drawn_only_where_asked_and_uniformly():
+    """flip, vflip and transpose at p 0.5: each of the 8 symmetries of the square with probability 1/8, applied as
+    drawn; a group without them draws exactly what it drew before they existed (same generator stream)."""
+    group = ViewGroup(16, scale=(1.0, 1.0), ratio=(1.0, 1.0), interpolation="nearest", jitter_p=0.0,
+                      grayscale_p=0.0, vflip_p=0.5, transpose_p=0.5)
+    draws = _draws(group, n=4000, width=16, height=16)
+    index = np.array([4 * p.flip + 2 * p.vflip + p.transpose for p in draws])
+    counts = np.bincount(index, minlength=8) / len(index)
+    assert np.abs(counts - 1 / 8).max() < 4 * np.sqrt((1 / 8) * (7 / 8) / len(index))
+    plain = dataclasses.replace(group, vflip_p=0.0, transpose_p=0.0)
+    assert all(not p.vflip and not p.transpose for p in _draws(plain, n=200, width=16, height=16))
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(50):  # the draws after a plain view are the old ones: no extra random numbers taken
+        sample_view_params(plain, 16, 16, rng_a)
+        sample_view_params(dataclasses.replace(plain, vflip_p=0.0), 16, 16, rng_b)
+    assert rng_a.random() == rng_b.random()
+    arr = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    image = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+    for p in draws[:64]:
+        x = apply_view(Image.fromarray(arr), group, p, (0, 0, 0), (1, 1, 1))
+        assert torch.equal(x, square_symmetries(image)[4 * p.flip + 2 * p.vflip + p.transpose])
+        assert which_symmetry(x, image) == 4 * p.flip + 2 * p.vflip + p.transpose
 
 
 def test_batches_have_the_spec_views_in_order(tmp_path):
