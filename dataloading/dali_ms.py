@@ -34,7 +34,8 @@ def param_layout(n_bands: int) -> dict[str, slice]:
     c = n_bands
     return {"roi": slice(0, 4), "sigma": slice(4, 5), "blur": slice(5, 6), "mirror": slice(6, 7),
             "mean": slice(7, 7 + c), "std": slice(7 + c, 7 + 2 * c), "block": slice(7 + 2 * c, 16 + 2 * c),
-            "block_t": slice(16 + 2 * c, 19 + 2 * c)}
+            "block_t": slice(16 + 2 * c, 19 + 2 * c), "vflip": slice(19 + 2 * c, 20 + 2 * c),
+            "transpose": slice(20 + 2 * c, 21 + 2 * c)}
 
 
 class MSFeeder(_Feeder):
@@ -51,7 +52,7 @@ class MSFeeder(_Feeder):
         self.rgb = sorted(rgb) if rgb is not None else None  # the order of dali_ms_graph's 3 x 3 block
         self.mean, self.std = np.asarray(spec.mean, np.float64), np.asarray(spec.std, np.float64)
         self.layout = param_layout(len(spec.bands))
-        self.n_params = self.layout["block_t"].stop
+        self.n_params = max(at.stop for at in self.layout.values())
 
     def _sample(self, index: int):
         """As MultiViewDataset.__getitem__: an unreadable item is replaced by the next one, with that one's draws."""
@@ -106,6 +107,7 @@ class MSFeeder(_Feeder):
         row[at["sigma"]] = p.blur_sigma or 0.0
         row[at["blur"]] = p.blur_sigma is not None
         row[at["mirror"]] = p.flip
+        row[at["vflip"]], row[at["transpose"]] = p.vflip, p.transpose
         if has_colour(group):
             # Every band's gain g and offset o fold into the normalisation: (g x + o - m) / s = (x - (m - o) / g) /
             # (s / g); B4, B3, B2 have g = 1, o = 0 there and their 3 x 3 block runs before it.

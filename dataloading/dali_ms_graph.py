@@ -5,6 +5,7 @@ and each view's drawn parameters; per view:
   resize of the drawn window to size x size (float32 out: a uint16 image is never rounded to 8 bits)
   -> Gaussian blur where drawn (DALI's default window 2 * ceil(3 sigma) + 1)
   -> the colour's 3 x 3 block on B4, B3, B2 (fn.coord_transform), put back in place
+  -> the vertical flip and transpose where the group has them (with the horizontal flip then done here too)
   -> crop_mirror_normalize: flip where drawn, (x - mean') / std' per band and sample, HWC -> CHW, where the
      colour's per-band gain g and offset o are folded in: mean' = (mean - o) / g, std' = std / g.
 
@@ -97,4 +98,11 @@ def _view(image, g, params, rgb, n_bands, mean, std):
         img = _blur(img, blur, sigma)
     if block is not None:
         img = _mix(img, block, block_t, rgb, n_bands)
-    return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std, mirror=mirror)
+    if g.vflip_p == 0 and g.transpose_p == 0:
+        return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std,
+                                        mirror=mirror)
+    # The symmetries of the square in the reference's order: both flips (they commute), then the transpose.
+    img = fn.flip(img, horizontal=mirror, vertical=fn.cast(params["vflip"][0], dtype=types.INT32))
+    if params["transpose"][0] > 0.5:
+        img = fn.transpose(img, perm=[1, 0, 2], output_layout="HWC")
+    return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std)

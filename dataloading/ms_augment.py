@@ -155,7 +155,7 @@ def _crop(x: torch.Tensor, group, p) -> torch.Tensor:
 def apply_ms_view(arr: np.ndarray, group, p, spec) -> torch.Tensor:
     """One view of an [H, W, C] image (any dtype) as a normalised float tensor [C, size, size]: the readable
     reference. Order as the RGB reference: crop, flip, colour, blur (colour_before_crop: colour, blur, flip on the
-    whole image, then the crop)."""
+    whole image, then the crop), then the vertical flip and the transpose where drawn."""
     x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float()  # uint16 -> float32 is exact
     bands, mean = spec.bands, spec.mean
     if group.colour_before_crop:
@@ -164,4 +164,6 @@ def apply_ms_view(arr: np.ndarray, group, p, spec) -> torch.Tensor:
     else:
         x = _crop(x, group, p)
         x = _photometric(TF.hflip(x) if p.flip else x, group, p, bands, mean)
+    x = TF.vflip(x) if p.vflip else x
+    x = x.transpose(-1, -2) if p.transpose else x
     return TF.normalize(x, list(spec.mean), list(spec.std))

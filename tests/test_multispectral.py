@@ -213,11 +213,13 @@ def test_torch_pipeline_views_have_the_bands_and_uint16_values_survive(tmp_path)
 
 
 @needs_dali
-@pytest.mark.parametrize("data", ["euro", "seco"])
-def test_dali_and_torch_cut_the_same_views_from_the_same_seed(data, euro, seco):
+@pytest.mark.parametrize("data, symmetries", [("euro", False), ("seco", False), ("euro", True)])
+def test_dali_and_torch_cut_the_same_views_from_the_same_seed(data, symmetries, euro, seco):
+    """symmetries: every view also flipped vertically and transposed with p 0.5 (the 8 symmetries of the square)."""
     src = _euro_source(euro) if data == "euro" else build_source(seco)
     bands = ESA_ORDER if data == "euro" else S2_12
-    spec = _spec(bands, *((1500.0, 700.0) if data == "euro" else (40.0, 20.0)))
+    extra = dict(vflip_p=0.5, transpose_p=0.5) if symmetries else {}
+    spec = _spec(bands, *((1500.0, 700.0) if data == "euro" else (40.0, 20.0)), **extra)
     for epoch in (0, 1):
         ref, fast = _first_batch(src, spec, "torch", epoch), _first_batch(src, spec, "dali-cpu", epoch)
         for r, f in zip(ref, fast, strict=True):
