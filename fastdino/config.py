@@ -31,6 +31,7 @@ class ModelConfig:
     arch: str = "vit_small"
     patch_size: int | None = 8
     img_size: int = 224
+    depth: int | None = None  # ViT blocks; None: the arch's own (12 for vit_tiny / small / base)
     drop_path_rate: float = 0.1
     attn_backend: str = "auto"  # auto | xformers | sdpa (packed attention)
     grad_checkpointing: bool = False
@@ -45,7 +46,7 @@ class ModelConfig:
     norm_last_layer: bool = True
 
 
-BACKBONE_KEYS = ("arch", "patch_size", "img_size", "drop_path_rate", "attn_backend", "grad_checkpointing",
+BACKBONE_KEYS = ("arch", "patch_size", "img_size", "depth", "drop_path_rate", "attn_backend", "grad_checkpointing",
                  "pos_embed_interp", "in_chans")
 HEAD_KEYS = ("out_dim", "hidden_dim", "bottleneck_dim", "nlayers", "norm_last_layer")
 
@@ -599,6 +600,11 @@ def validate(config: Config) -> None:
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "run.device",
          "use auto, cpu, cuda or cuda:N")
     need(get("model.patch_size") is None or get("model.patch_size") > 0, "model.patch_size", "must be > 0")
+    depth = get("model.depth")
+    need(depth is None or (isinstance(depth, int) and not isinstance(depth, bool) and depth > 0), "model.depth",
+         "must be a positive number of blocks, or null for the arch's own")
+    need(depth is None or get("model.arch").startswith("vit"), "model.depth", "sets a ViT's blocks; CNNs and Swin "
+         "keep their own (leave it null)")
     if config.data.temporal and config.data.layout not in ("seco", "auto"):
         raise ConfigError(f"data.temporal=True needs SeCo data (data.layout=seco), got {config.data.layout!r}")
     from fastdino.dataloading.sources import ACQUISITIONS

@@ -111,6 +111,8 @@ def test_cli_values_are_parsed_for_the_target_type():
     (["augment.foo=1"], "unknown key 'augment.foo'"),
     (["augment.mean=[1,2]"], "needs 3 values"),
     (["model.patch_size=16", "augment.local_views=[{size: 8}]"], "view size 8 px is smaller than model.patch_size=16"),
+    (["model.depth=0"], "model.depth=0: must be a positive number of blocks"),
+    (["model.arch=resnet50", "model.patch_size=null", "model.depth=6"], "model.depth=6: sets a ViT's blocks"),
     (["noequals"], "expected key=value"),
     (["preset=tiny"], "--preset"),
 ])

@@ -218,6 +218,24 @@ def test_per_size_backbones(arch):
     torch.testing.assert_close(out / scale, per_view / scale, rtol=0, atol=1e-5)
 
 
+def test_depth_sets_the_vit_blocks_and_round_trips_through_timm():
+    shallow = create_backbone("vit_tiny", patch_size=16, img_size=64, depth=5).eval()
+    assert len(shallow.timm_model.blocks) == 5 and shallow.timm_kwargs["depth"] == 5
+    assert len(create_backbone("vit_tiny", patch_size=16, img_size=64).timm_model.blocks) == 12
+    assert "depth" not in create_backbone("vit_tiny", patch_size=16, img_size=64).timm_kwargs
+    exported = timm.create_model(shallow.timm_name, pretrained=False, num_classes=0, **shallow.timm_kwargs).eval()
+    exported.load_state_dict(shallow.timm_model.state_dict())  # strict: the same 5 blocks
+    views = make_views([64, 64, 48, 32], 2)
+    with torch.no_grad():
+        torch.testing.assert_close(shallow.forward_views(views), torch.cat([exported(v) for v in views]),
+                                   atol=2e-5, rtol=1e-4)
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="depth"):
+            create_backbone("vit_tiny", depth=bad)
+    with pytest.raises(ValueError, match="depth"):
+        create_backbone("resnet50", depth=4)
+
+
 def test_factory_names_and_errors():
     assert list_backbones() == ["vit_tiny", "vit_small", "vit_base", "resnet50", "wide_resnet50_2", "swin_tiny"]
     with pytest.raises(ValueError, match="vit_small.*resnet50.*swin_tiny"):

@@ -23,20 +23,24 @@ def list_backbones() -> list[str]:
     return [*_VITS, *_PER_SIZE]
 
 
-def create_backbone(arch: str, *, patch_size: int | None = None, img_size: int = 224, drop_path_rate: float = 0.0,
-                    attn_backend: str = "auto", grad_checkpointing: bool = False, pos_embed_interp: str = "timm",
-                    in_chans: int = 3):
+def create_backbone(arch: str, *, patch_size: int | None = None, img_size: int = 224, depth: int | None = None,
+                    drop_path_rate: float = 0.0, attn_backend: str = "auto", grad_checkpointing: bool = False,
+                    pos_embed_interp: str = "timm", in_chans: int = 3):
     """A backbone with `.embed_dim`, `forward(x) -> [B, D]`, `forward_views(views) -> [sum B_v, D]` and
     `.timm_name` / `.timm_kwargs` / `.timm_model` for export. ViTs take patch_size 8 or 16 (default 16) and run
     the packed multi-crop pass; the others run one call per crop size. img_size is the ViT's native size (its
     position-embedding grid); other crop sizes are interpolated, the way timm does or (pos_embed_interp="dino") the
     way the original DINO code does (models/pos_embed.py). The CNNs (CNNS) take no drop_path_rate. in_chans: input
-    channels (multispectral: one per band); timm's kwargs name it only when it is not 3."""
+    channels (multispectral: one per band); timm's kwargs name it only when it is not 3. depth: a ViT's number of
+    blocks (None: the arch's 12); timm's kwargs name it only when set, so exports rebuild the same model."""
     check_attn_backend(attn_backend)
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans={in_chans!r} must be a positive integer (the input's channels: bands)")
     chans = {} if in_chans == 3 else {"in_chans": in_chans}
+    if depth is not None and (arch not in _VITS or not isinstance(depth, int) or depth < 1):
+        raise ValueError(f"depth={depth!r}: a positive number of blocks, for ViTs only ({arch} keeps its own)")
     if arch in _VITS:
+        blocks = {} if depth is None else {"depth": depth}
         patch_size = 16 if patch_size is None else patch_size
         if patch_size not in _VIT_PATCHES:
             raise ValueError(f"patch_size for {arch} must be one of {_VIT_PATCHES}, got {patch_size}")
@@ -45,7 +49,7 @@ def create_backbone(arch: str, *, patch_size: int | None = None, img_size: int =
         timm_name = name if is_model(name) else f"{arch}_patch16_224"
         return PackedViT(timm_name, img_size=img_size, patch_size=patch_size, drop_path_rate=drop_path_rate,
                          attn_backend=attn_backend, grad_checkpointing=grad_checkpointing,
-                         pos_embed_interp=pos_embed_interp, **chans)
+                         pos_embed_interp=pos_embed_interp, **blocks, **chans)
     if pos_embed_interp != "timm":
         raise ValueError(f"pos_embed_interp={pos_embed_interp!r} applies to ViTs only ({arch} has no absolute "
                          "position embedding); leave it 'timm'")
