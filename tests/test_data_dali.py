@@ -71,8 +71,9 @@ def test_grayscale_and_flip_rates():
     assert abs(gray.float().mean() - 0.2) < tol and abs(flipped.float().mean() - 0.5) < tol
 
 
-@pytest.mark.parametrize("size", [16, 12])
-def test_square_symmetries_uniform_and_exact(tmp_path, size):
+@pytest.mark.parametrize("size, backend", [(16, "dali-cpu"), (12, "dali-cpu"),
+                                           pytest.param(16, "dali-gpu", marks=pytest.mark.cuda)])
+def test_square_symmetries_uniform_and_exact(tmp_path, size, backend):
     """flip, vflip, transpose at p 0.5: every view is one of the 8 symmetries of the tile, pixel for pixel, each
     about 1/8 of the time (odd-shaped batches: 3 views of `size` px a sample)."""
     from PIL import Image
@@ -85,12 +86,13 @@ def test_square_symmetries_uniform_and_exact(tmp_path, size):
                                 solarize_p=0.0, flip_p=0.5, vflip_p=0.5, transpose_p=0.5)
     spec = AugmentationSpec([group], mean=(0, 0, 0), std=(1, 1, 1))
     image = torch.from_numpy(arr).permute(2, 0, 1).float()
-    pipe = _dali(build_source(tmp_path), spec, batch_size=10)
+    device = "cuda" if backend == "dali-gpu" else "cpu"
+    pipe = build_pipeline(build_source(tmp_path), spec, batch_size=10, device=device, backend=backend, num_threads=2)
     index = []
     for epoch in range(4):
         pipe.set_epoch(epoch)
         for views in pipe:
-            index += [which_symmetry(v * 255, image, atol=1e-3) for view in views for v in view]
+            index += [which_symmetry(v.cpu() * 255, image, atol=1e-3) for view in views for v in view]
     index = np.array(index)
     assert (index >= 0).all(), "a view is not a symmetry of its tile"
     counts = np.bincount(index, minlength=8) / len(index)  # 480 views
