@@ -229,7 +229,7 @@ def test_depth_sets_the_vit_blocks_and_round_trips_through_timm():
     with torch.no_grad():
         torch.testing.assert_close(shallow.forward_views(views), torch.cat([exported(v) for v in views]),
                                    atol=2e-5, rtol=1e-4)
-    for bad in (0, -1, 2.5):
+    for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="depth"):
             create_backbone("vit_tiny", depth=bad)
     with pytest.raises(ValueError, match="depth"):

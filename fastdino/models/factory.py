@@ -37,7 +37,7 @@ def create_backbone(arch: str, *, patch_size: int | None = None, img_size: int =
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans={in_chans!r} must be a positive integer (the input's channels: bands)")
     chans = {} if in_chans == 3 else {"in_chans": in_chans}
-    if depth is not None and (arch not in _VITS or not isinstance(depth, int) or depth < 1):
+    if depth is not None and (arch not in _VITS or type(depth) is not int or depth < 1):
         raise ValueError(f"depth={depth!r}: a positive number of blocks, for ViTs only ({arch} keeps its own)")
     if arch in _VITS:
         blocks = {} if depth is None else {"depth": depth}
