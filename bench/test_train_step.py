@@ -114,3 +114,36 @@ def test_train_step_cpu_precision_and_compile(benchmark, variant):
            impl="reference" if variant == "fp32" else variant, images=batch, device="cpu", compile_s=first,
            threads=torch.get_num_threads())
     benchmark(step)
+
+
+# ---- iBOT's masked-patch loss on top of DINO (loss.ibot_weight) ----------------------------------------------
+
+IBOT_CASES = {"cpu": [("tiny", 16)], "cuda": [("dino-mc-vits16", 64)]}
+IBOT_PARAMS = [(device, *case) for device in devices() for case in IBOT_CASES[device]]
+
+
+@pytest.mark.parametrize("impl", ["fastdino", "dino-only", "reference"])
+@pytest.mark.parametrize("device,preset,batch", IBOT_PARAMS, ids=[f"{p[0]}-{p[1]}-B{p[2]}" for p in IBOT_PARAMS])
+def test_train_step_ibot(benchmark, device, preset, batch, impl):
+    """The step with loss.ibot_weight=1 on prefetched views: fastdino (masked packed pass, the head on the masked
+    patches only) vs the reference (one view at a time through timm's modules, per-tensor EMA and AdamW), and
+    fastdino without iBOT ("dino-only": what the patch loss costs)."""
+    dev = torch.device(device)
+    ibot = "0" if impl == "dino-only" else "1"
+    config = load_config(preset, overrides=[f"run.device={device}", f"run.batch_size={batch}",
+                                            f"loss.ibot_weight={ibot}"])
+    configure_cpu_threads(config, dev)
+    spec = AugmentationSpec.from_dict(config.augment)
+    gen = torch.Generator().manual_seed(0)
+    views = [torch.randn(batch, 3, s, s, generator=gen).to(dev) for s in spec.view_sizes]
+    torch.manual_seed(0)
+    tr = build_training(config, dev, n_global=spec.n_global, n_views=spec.n_views, reference=impl == "reference")
+
+    def step():
+        tr.step(views, lr=5e-4 * batch / 256, wd=0.04, momentum=0.996, epoch=1)
+        sync(device)
+
+    step()  # warm-up
+    record(benchmark, group=f"train step + iBOT {preset} B={batch} {device} (prefetched views)", impl=impl,
+           images=batch, device=device)
+    benchmark(step)

@@ -108,6 +108,13 @@ class LossConfig:
     momentum_teacher: float = 0.996  # cosine to 1 over training
     # DINOv2's KoLeo term on the student's global-view backbone features (fastdino/koleo.py; DINOv2: 0.1). 0 = DINO.
     koleo_weight: float = 0.0
+    # iBOT's masked-patch loss on the global views (fastdino/ibot.py; iBOT: 1.0). 0 = off (DINO). Each global crop is
+    # masked with probability ibot_mask_prob, int(r x patches) of its patches, r ~ U(ibot_mask_ratio); the teacher's
+    # patch temperature warms up from warmup_teacher_temp to ibot_teacher_temp like the CLS one.
+    ibot_weight: float = 0.0
+    ibot_mask_prob: float = 0.5
+    ibot_mask_ratio: list = field(default_factory=lambda: [0.1, 0.5])
+    ibot_teacher_temp: float = 0.07
     ema_buffers: str = "none"  # teacher float buffers (BatchNorm statistics): none (DINO: its own) | copy | average
     backend: str = "auto"  # auto | triton | torch | reference (fastdino.kernels backends)
 
@@ -580,8 +587,15 @@ def validate(config: Config) -> None:
         signal_numbers(config.run.stop_signals)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    for key in ("loss.center_momentum", "loss.momentum_teacher"):
+    for key in ("loss.center_momentum", "loss.momentum_teacher", "loss.ibot_mask_prob"):
         need(0 <= get(key) <= 1, key, "must be in [0, 1]")
+    need(get("loss.ibot_weight") >= 0, "loss.ibot_weight", "must be >= 0 (0: off)")
+    need(get("loss.ibot_teacher_temp") > 0, "loss.ibot_teacher_temp", "must be > 0")
+    ratio = get("loss.ibot_mask_ratio")
+    need(isinstance(ratio, (list, tuple)) and len(ratio) == 2 and 0 <= ratio[0] <= ratio[1] < 1,
+         "loss.ibot_mask_ratio", f"must be [low, high] with 0 <= low <= high < 1 (iBOT: [0.1, 0.5]), got {ratio!r}")
+    need(not get("loss.ibot_weight") or get("model.arch").startswith("vit"), "loss.ibot_weight",
+         f"iBOT masks ViT patch tokens; model.arch={get('model.arch')} has none (set loss.ibot_weight=0)")
     need(0 < get("data.subset") <= 1, "data.subset", "must be in (0, 1] (a fraction of the images)")
     need(0 <= get("model.drop_path_rate") < 1, "model.drop_path_rate", "must be in [0, 1)")
     from fastdino.models import list_backbones

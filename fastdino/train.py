@@ -108,7 +108,12 @@ def build_twins(config: Config, device: torch.device) -> tuple[nn.ModuleDict, nn
 
     def make():
         backbone = create_backbone(**backbone_kwargs(config.model))
-        return nn.ModuleDict(dict(backbone=backbone, head=DINOHead(backbone.embed_dim, **head_kwargs(config.model))))
+        twin = dict(backbone=backbone, head=DINOHead(backbone.embed_dim, **head_kwargs(config.model)))
+        if config.loss.ibot_weight:  # iBOT's mask token; the teacher's copy is never used (it sees whole views)
+            from fastdino.ibot import MaskToken
+
+            twin["mask_token"] = MaskToken(backbone.embed_dim)
+        return nn.ModuleDict(twin)
 
     student, teacher = make().to(device), make().to(device)
     teacher.load_state_dict(student.state_dict())
@@ -165,16 +170,20 @@ class Training:
     precision: str
     # loss.koleo_weight > 0: each step's unweighted KoLeo term (detached), for the log; the log empties it
     koleo_terms: list[torch.Tensor] = field(default_factory=list)
+    ibot_loss: nn.Module | None = None  # loss.ibot_weight > 0: iBOT's patch loss (its centre is checkpointed)
+    ibot_terms: list[torch.Tensor] = field(default_factory=list)  # its unweighted value per step, like koleo_terms
 
 
 def build_training(config: Config, device: torch.device, *, n_global: int, n_views: int, reference: bool = False,
                    dist_info: DistInfo = SINGLE_PROCESS) -> Training:
     """Models, loss, EMA, optimiser, scaler and the step function. reference=True: per-size student loop,
     DINOLoss(backend="reference"), per-tensor EMA loop (the original DINO code paths)."""
+    from fastdino.ibot import IBOTPatchLoss, sample_patch_masks
     from fastdino.kernels import DINOLoss, FlatEMA
     from fastdino.kernels.reference import reference_ema_update
     from fastdino.koleo import koleo_per_view
     from fastdino.models import MultiCropWrapper, convert_sync_batchnorm, has_batchnorms, reference_forward_views
+    from fastdino.models.reference import reference_forward_masked_views
 
     precision = resolve_precision(config, device)
     student, teacher = build_twins(config, device)
@@ -191,13 +200,25 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
     dino_loss = DINOLoss(config.model.out_dim, n_views, lc.warmup_teacher_temp, lc.teacher_temp,
                          lc.warmup_teacher_temp_epochs, config.run.epochs, lc.student_temp, lc.center_momentum,
                          n_global=n_global, backend="reference" if reference else lc.backend).to(device)
+    ibot_loss = IBOTPatchLoss(config.model.out_dim, lc.student_temp, lc.center_momentum).to(device) \
+        if lc.ibot_weight else None
+    ibot_temps = teacher_temp_schedule(lc.warmup_teacher_temp, lc.ibot_teacher_temp, lc.warmup_teacher_temp_epochs,
+                                       config.run.epochs)
     if reference:
-        def student_forward(views, return_features=False):
+        def student_forward(views, return_features=False, masks=None, patch_views=0):
+            if patch_views:  # iBOT: one view at a time, the head on the masked patches
+                features, patches = reference_forward_masked_views(student["backbone"], views, masks,
+                                                                   student["mask_token"].weight[0], patch_views)
+                patch_logits = student["head"](patches[torch.cat(masks[:patch_views])])
+                return student["head"](features), features, patch_logits
             features = reference_forward_views(student["backbone"], views)
             logits = student["head"](features)
             return (logits, features) if return_features else logits
 
-        def teacher_forward(views):
+        def teacher_forward(views, patch_views=0):
+            if patch_views:
+                features, patches = reference_forward_masked_views(teacher["backbone"], views, [], None, patch_views)
+                return teacher["head"](features), features, teacher["head"](patches)
             return teacher["head"](reference_forward_views(teacher["backbone"], views))
 
         def ema_update(m):
@@ -206,7 +227,8 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
         # FlatEMA re-homes the parameters into flat buffers: build it before the optimiser and DDP see them.
         ema = FlatEMA(student, teacher, buffers=lc.ema_buffers)
         ema_update = ema.update
-        student_forward = MultiCropWrapper(student["backbone"], student["head"])
+        student_forward = MultiCropWrapper(student["backbone"], student["head"], student["mask_token"]
+                                           if "mask_token" in student else None)
         teacher_forward = MultiCropWrapper(teacher["backbone"], teacher["head"])
         if dist_info.enabled:
             student_forward = nn.parallel.DistributedDataParallel(
@@ -231,23 +253,42 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
 
     koleo_terms = []
 
+    ibot_terms = []
+
+    def forward_loss(views: list[torch.Tensor], epoch: int) -> torch.Tensor:
+        """DINO's loss (+ KoLeo, + iBOT's patch loss when their weights are set) of one batch of views."""
+        if ibot_loss is None:
+            with torch.no_grad():
+                teacher_out = teacher_forward(views[:n_global])
+            student_out, features = student_forward(views, return_features=True)
+        else:
+            # iBOT: the teacher sees the global views whole, the student with masked patches (CLS loss included)
+            with torch.no_grad():
+                teacher_out, _, teacher_patches = teacher_forward(views[:n_global], patch_views=n_global)
+            n_patches = teacher_patches.shape[1]
+            masks = [sample_patch_masks(len(v), n_patches, mask_prob=lc.ibot_mask_prob,
+                                        ratio=tuple(lc.ibot_mask_ratio), device=v.device) for v in views[:n_global]]
+            student_out, features, student_patches = student_forward(views, return_features=True, masks=masks,
+                                                                     patch_views=n_global)
+        loss = dino_loss(student_out, teacher_out, epoch)
+        if lc.koleo_weight:
+            n_global_rows = sum(len(v) for v in views[:n_global])
+            koleo = koleo_per_view(features[:n_global_rows], n_global)
+            loss = loss + lc.koleo_weight * koleo
+            koleo_terms.append(koleo.detach())
+        if ibot_loss is not None:
+            patch_loss = ibot_loss(student_patches, teacher_patches, torch.cat(masks), float(ibot_temps[epoch]))
+            loss = loss + lc.ibot_weight * patch_loss
+            ibot_terms.append(patch_loss.detach())
+        return loss
+
     def step(views: list[torch.Tensor], lr: float, wd: float, momentum: float, epoch: int) -> torch.Tensor:
         for group in optimizer.param_groups:
             group["lr"] = lr
             if group["apply_wd"]:
                 group["weight_decay"] = wd
         with torch.autocast(device.type, dtype=_AMP_DTYPE[precision], enabled=precision != "fp32"):
-            with torch.no_grad():
-                teacher_out = teacher_forward(views[:n_global])
-            if lc.koleo_weight:
-                student_out, features = student_forward(views, return_features=True)
-                n_global_rows = sum(len(v) for v in views[:n_global])
-                koleo = koleo_per_view(features[:n_global_rows], n_global)
-                loss = dino_loss(student_out, teacher_out, epoch) + lc.koleo_weight * koleo
-                koleo_terms.append(koleo.detach())
-            else:
-                student_out = student_forward(views)
-                loss = dino_loss(student_out, teacher_out, epoch)
+            loss = forward_loss(views, epoch)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
@@ -260,7 +301,8 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
         ema_update(momentum)
         return loss.detach()
 
-    return Training(student, teacher, dino_loss, optimizer, scaler, step, precision, koleo_terms)
+    return Training(student, teacher, dino_loss, optimizer, scaler, step, precision, koleo_terms, ibot_loss,
+                    ibot_terms)
 
 
 def build_loader(config: Config, device: torch.device, dist_info: DistInfo = SINGLE_PROCESS, *,
@@ -383,6 +425,8 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
         if tr.scaler.is_enabled() and state["scaler"]:
             tr.scaler.load_state_dict(state["scaler"])
         tr.dino_loss.load_state_dict(state["dino_loss"])
+        if tr.ibot_loss is not None:
+            tr.ibot_loss.load_state_dict(state["ibot_loss"])
         ckpt_io.set_rng_state(state["rng"])
         start_epoch, start_batch = state["epoch"], state.get("batch", 0)  # checkpoints before 0.2: epoch ends only
         if start_epoch * ipe + start_batch >= total:
@@ -469,6 +513,10 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
                     rec["koleo"] = all_reduce_mean(torch.stack(tr.koleo_terms).float()).mean().item()
                     tr.koleo_terms.clear()
                     shown_koleo = f" (KoLeo {rec['koleo']:.3f})"
+                if tr.ibot_terms:  # iBOT's unweighted patch loss, likewise
+                    rec["ibot"] = all_reduce_mean(torch.stack(tr.ibot_terms).float()).mean().item()
+                    tr.ibot_terms.clear()
+                    shown_koleo += f" (iBOT {rec['ibot']:.3f})"
                 log.metrics(rec)
                 log.info(f"epoch {epoch + 1}/{epochs} it {i + 1}/{ipe}  loss {rec['loss']:.4f}{shown_koleo}  "
                          f"lr {rec['lr']:.2e}  "
@@ -593,6 +641,8 @@ def _save(tr: Training, config: Config, run_dir: Path, dist_info: DistInfo, epoc
                  data=[d for d, _ in per_rank] if batch else None, epoch_losses=list(epoch_losses or []),
                  skipped_images=sorted(set().union(*(s for _, s in per_rank))), rng=ckpt_io.rng_state(),
                  fastdino_version=fastdino.__version__)
+    if tr.ibot_loss is not None:
+        state["ibot_loss"] = tr.ibot_loss.state_dict()
     folder = ckpt_io.checkpoint_dir(run_dir)
     ckpt_io.save_last(state, folder)
     if batch == 0 and (epoch % config.run.checkpoint_every == 0 or epoch == config.run.epochs):

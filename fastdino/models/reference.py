@@ -23,3 +23,25 @@ def reference_forward_views(backbone: nn.Module, views: list[torch.Tensor]) -> t
         outputs.append(backbone(torch.cat(views[start:end])))
         start = end
     return torch.cat(outputs)
+
+
+def reference_forward_masked_views(backbone: nn.Module, views: list[torch.Tensor], masks: list[torch.Tensor | None],
+                                   mask_token: torch.Tensor, patch_views: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What PackedViT.forward_views(views, masks=, mask_token=, patch_views=) computes, one view at a time through
+    timm's own modules: patch embedding, masked embeddings -> mask_token (iBOT's `mask_model`), position
+    embedding, blocks, final norm. Returns (CLS features [sum B_v, D], patch tokens of the first patch_views views
+    [sum B_v, h*w, D])."""
+    from .backbone import floor_to_patch
+
+    m = backbone.timm_model
+    cls, patches = [], []
+    for i, view in enumerate(views):
+        x = m.patch_embed(floor_to_patch(view, backbone.patch_size))  # [B, h, w, D] (dynamic_img_size)
+        mask = masks[i] if i < len(masks) else None
+        if mask is not None:
+            x = torch.where(mask.view(*x.shape[:3], 1), mask_token.to(x.dtype), x)
+        x = m.norm(m.blocks(m.norm_pre(m.patch_drop(m._pos_embed(x)))))
+        cls.append(x[:, 0])
+        if i < patch_views:
+            patches.append(x[:, m.num_prefix_tokens :])
+    return torch.cat(cls), torch.cat(patches)

@@ -11,6 +11,10 @@ is timm's and exports as is. `forward(x)` is timm's own forward (one size); `for
 4. the last block computes keys and values for every token but everything else only for the CLS rows,
    the only tokens DINO reads (~7% less work for a 12-block ViT, the same result);
 5. the CLS token of every crop comes out in view order: [sum B_v, D].
+
+For iBOT's masked-patch objective (fastdino/ibot.py) it also takes patch masks (masked patch embeddings are
+replaced by a learned mask token before the position embedding, as iBOT's `mask_model` does) and returns the
+final patch tokens of the leading `patch_views` views; the last block then runs over every token.
 """
 
 from __future__ import annotations
@@ -55,18 +59,34 @@ class PackedViT(TimmBackbone):
             return super().forward(x)
         return self.forward_views([x])
 
-    def forward_views(self, views: list[torch.Tensor]) -> torch.Tensor:
-        """CLS features [sum B_v, D] of all views, in view order, from one packed pass."""
+    def forward_views(self, views: list[torch.Tensor], *, masks: list[torch.Tensor | None] | None = None,
+                      mask_token: torch.Tensor | None = None, patch_views: int = 0):
+        """CLS features [sum B_v, D] of all views, in view order, from one packed pass.
+
+        masks: per view, None or a bool [B_v, h*w] (True: that patch embedding becomes `mask_token`, [D]).
+        patch_views > 0: returns (CLS features, patch tokens [sum B_v of the first patch_views views, h*w, D]),
+        the final-norm patch tokens iBOT's head reads; those views must have one size."""
         if isinstance(views, torch.Tensor):
             views = [views]
         layout = packed_layout(tuple(tuple(v.shape) for v in views), self.patch_size, self.n_prefix)
         backend = resolve_attn_backend(self.attn_backend, views[0].device.type)
-        x = self._embed(views, layout)
+        x = self._embed(views, layout, masks, mask_token)
         *blocks, last = self.timm_model.blocks
         for blk in blocks:
             x = self._run(self._block, blk, x, layout, backend)
-        cls = self._run(self._last_block_cls, last, x, layout, backend)
-        return self.timm_model.head_drop(self.timm_model.fc_norm(self.timm_model.norm(cls)))
+        m = self.timm_model
+        if not patch_views:
+            cls = self._run(self._last_block_cls, last, x, layout, backend)
+            return m.head_drop(m.fc_norm(m.norm(cls)))
+        first = layout.groups[0]
+        if patch_views > first.n_views:
+            raise ValueError(f"patch_views={patch_views}: the first {first.n_views} view(s) have one size; patch "
+                             "tokens are returned for views of one size only")
+        x = m.norm(self._run(self._block, last, x, layout, backend))
+        cls = m.head_drop(m.fc_norm(cls_rows(x, layout)))
+        n_crops = sum(len(v) for v in views[:patch_views])
+        patches = x[first.start : first.end].view(first.crops, first.seq_len, -1)[:n_crops, self.n_prefix :]
+        return cls, patches
 
     def _run(self, fn, blk: Block, x: torch.Tensor, layout: PackedLayout, backend: str) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
@@ -85,13 +105,16 @@ class PackedViT(TimmBackbone):
         g = layout.groups[0]
         return cls_attention_map(last.attn, last.norm1(tokens).view(g.crops, g.seq_len, -1), g.grid, self.n_prefix)
 
-    def _embed(self, views: list[torch.Tensor], layout: PackedLayout) -> torch.Tensor:
+    def _embed(self, views: list[torch.Tensor], layout: PackedLayout, masks: list[torch.Tensor | None] | None = None,
+               mask_token: torch.Tensor | None = None) -> torch.Tensor:
         m = self.timm_model
         tokens = []
         for g in layout.groups:
             x = views[g.first_view] if g.n_views == 1 else torch.cat(views[g.first_view : g.first_view + g.n_views])
             x = m.patch_embed.proj(x)  # Conv2d(stride=patch) floors sizes that are not multiples of the patch
             x = m.patch_embed.norm(x.flatten(2).transpose(1, 2))
+            if masks is not None:
+                x = apply_patch_mask(x, group_mask(masks, views, g), mask_token)
             x = torch.cat([m.cls_token.expand(g.crops, -1, -1), x], dim=1) + self.pos_interp(m.pos_embed, g.grid)
             tokens.append(x.reshape(g.crops * g.seq_len, -1))
         x = torch.cat(tokens) if len(tokens) > 1 else tokens[0]
@@ -114,6 +137,35 @@ class PackedViT(TimmBackbone):
     def _drop_path(self, x: torch.Tensor, module: nn.Module, layout: PackedLayout) -> torch.Tensor:
         drop_prob = getattr(module, "drop_prob", 0.0)  # nn.Identity when the block's rate is 0
         return drop_path_per_crop(x, layout, drop_prob, self.training, getattr(module, "scale_by_keep", True))
+
+
+def group_mask(masks: list[torch.Tensor | None], views: list[torch.Tensor], g) -> torch.Tensor | None:
+    """The bool [crops, h*w] mask of one packed group from the per-view masks (None: no view of it is masked)."""
+    # views past the end of `masks` are not masked (the step passes masks for the global views only)
+    parts = [masks[i] if i < len(masks) else None for i in range(g.first_view, g.first_view + g.n_views)]
+    if all(p is None for p in parts):
+        return None
+    n_patches = g.grid[0] * g.grid[1]
+    out = []
+    for i, p in enumerate(parts):
+        b = len(views[g.first_view + i])
+        if p is None:
+            p = torch.zeros(b, n_patches, dtype=torch.bool, device=views[0].device)
+        elif tuple(p.shape) != (b, n_patches):
+            raise ValueError(f"mask of view {g.first_view + i} has shape {tuple(p.shape)}; its view needs "
+                             f"({b}, {n_patches}): one bool per patch of its {g.grid[0]}x{g.grid[1]} grid")
+        out.append(p)
+    return torch.cat(out)
+
+
+def apply_patch_mask(x: torch.Tensor, mask: torch.Tensor | None, mask_token: torch.Tensor | None) -> torch.Tensor:
+    """Patch embeddings [B, P, D] with the masked ones replaced by mask_token [D] (iBOT's `mask_model`).
+    torch.where keeps the token in the graph even when nothing is masked, so DDP always sees its gradient."""
+    if mask is None:
+        return x
+    if mask_token is None:
+        raise ValueError("patch masks were given without a mask_token")
+    return torch.where(mask[..., None], mask_token.to(x.dtype), x)
 
 
 def _check_supported(model: nn.Module, name: str) -> None:

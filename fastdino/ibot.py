@@ -1,0 +1,87 @@
+"""iBOT's masked-patch objective (Zhou et al. 2022, bytedance/ibot), added to the DINO loss with `loss.ibot_weight`.
+
+The student sees its global views with some patch embeddings replaced by a learned mask token; the teacher sees
+them whole. For every masked patch, the student's head output at that patch is pulled towards the teacher's
+centred, sharpened output at the same patch of the same view: a cross-entropy like DINO's, over patch tokens
+instead of CLS tokens, with its own centre. DINO gives one target per view; this gives one per masked patch.
+
+Values from the original (bytedance/ibot), cited by function and argument:
+- masks (loader.py, `ImageFolderMask.get_pred_ratio` / `__getitem__`; README's ViT-S/16 command
+  `--pred_ratio 0 0.3 --pred_ratio_var 0 0.2`): each global crop is left whole or masked with equal odds; a
+  masked crop hides int(r x patches) patches, r ~ U(0.1, 0.5). Positions uniformly at random (`pred_shape rand`;
+  iBOT's default is BEiT's blocks, which on the 4 x 4 grid of a 64 px tile at patch 16 would be a third of it);
+- the mask token: `masked_embed`, zeros [1, D], replaces the patch embedding before the position embedding
+  (models/vision_transformer.py, `mask_model`);
+- the loss (main_ibot.py, `iBOTLoss.forward`): teacher view q against the student's same view q only; per crop
+  the mean over its masked patches (a crop without masks adds 0), the mean over crops and views; weight
+  `--lambda2 1.0`; student temperature 0.1; teacher patch temperature `--teacher_patch_temp 0.07` after the
+  same warm-up as the CLS temperature (from `--warmup_teacher_patch_temp 0.04`);
+- the centre (`iBOTLoss.update_center`): EMA (momentum 0.9) of the mean raw teacher patch logit, over all patches
+  of all global crops on all ranks;
+- the head: shared with the CLS tokens (`--shared_head true` in the ViT-S/16 command), so patch logits have
+  the CLS head's out_dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class MaskToken(nn.Module):
+    """The learned embedding that replaces a masked patch (iBOT's `masked_embed`, zeros at init)."""
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1, embed_dim))
+
+
+def sample_patch_masks(n_crops: int, n_patches: int, *, mask_prob: float = 0.5,
+                       ratio: tuple[float, float] = (0.1, 0.5), device: torch.device | str = "cpu",
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """bool [n_crops, n_patches]: each crop masked with probability mask_prob; a masked crop hides
+    int(r * n_patches) patches at uniformly random positions, r ~ U(ratio). From the global torch generator
+    unless one is given (the training step re-seeds it every step, so a resumed run draws the same masks)."""
+    lo, hi = ratio
+    r = torch.empty(n_crops, device=device).uniform_(lo, hi, generator=generator)
+    masked = torch.rand(n_crops, device=device, generator=generator) < mask_prob
+    count = torch.where(masked, (r * n_patches).floor(), torch.zeros_like(r))
+    # the positions of the `count` smallest of n_patches random keys: a uniform random subset of that size
+    rank = torch.rand(n_crops, n_patches, device=device, generator=generator).argsort(1).argsort(1)
+    return rank < count[:, None]
+
+
+class IBOTPatchLoss(nn.Module):
+    """forward(student_patch_logits [M, K] at the masked patches (in mask order), teacher_patch_logits [N, P, K]
+    for every patch of the N global crops, masks bool [N, P], teacher_temp) -> loss; updates the centre after."""
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(self, student_patch_logits: torch.Tensor, teacher_patch_logits: torch.Tensor, masks: torch.Tensor,
+                teacher_temp: float) -> torch.Tensor:
+        teacher = teacher_patch_logits.float()
+        targets = F.softmax((teacher[masks] - self.center) / teacher_temp, dim=-1)
+        log_p = F.log_softmax(student_patch_logits.float() / self.student_temp, dim=-1)
+        per_patch = -(targets * log_p).sum(-1)  # [M]
+        # per crop: the mean over its masked patches; then the mean over all N crops (unmasked ones add 0)
+        per_crop_count = masks.sum(1).clamp(min=1).to(per_patch.dtype)
+        weights = (1.0 / per_crop_count)[:, None].expand_as(masks)[masks]
+        loss = (per_patch * weights).sum() / masks.shape[0]
+        self.update_center(teacher)
+        return loss
+
+    @torch.no_grad()
+    def update_center(self, teacher_patch_logits: torch.Tensor) -> None:
+        """EMA of the mean raw teacher patch logit (each crop's patch mean, averaged over crops and ranks)."""
+        total = teacher_patch_logits.float().mean(1).sum(0, keepdim=True)
+        count = teacher_patch_logits.shape[0]
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total)
+            count *= dist.get_world_size()
+        self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)
