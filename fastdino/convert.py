@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 _VIT_WIDTHS = {192: "vit_tiny", 384: "vit_small", 768: "vit_base"}
-_VIT_DEPTH = 12  # every fastdino ViT (timm's vit_tiny/small/base) has 12 blocks, as DINO's
+_VIT_DEPTH = 12  # timm's vit_tiny/small/base and DINO's ViTs have 12 blocks; fastdino's model.depth may set fewer
 _RESNET_BLOCKS = [3, 4, 6, 3]  # ResNet-50 and WRN-50-2
 _STRIPPED = ("module.", "backbone.")  # DINO's load_pretrained_weights, utils.py L77-80
 _HEAD_RENAMES = {"last_layer.weight_g": "last_layer.parametrizations.weight.original0",
@@ -191,6 +191,7 @@ class Detected:
     patch_size: int | None
     img_size: int
     evidence: str  # the shapes it was read from, for error messages
+    depth: int | None = None  # a ViT's blocks when not the arch's 12 (fastdino's model.depth), else None
 
 
 def detect_architecture(state: dict, path: Path) -> Detected:
@@ -218,15 +219,15 @@ def _detect_vit(state: dict, path: Path) -> Detected:
     if chans != 3:
         raise CheckpointError(f"checkpoint {path}: a ViT with {chans} input channels ({evidence}); fastdino is RGB")
     depth = len({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
-    if depth != _VIT_DEPTH:
-        raise CheckpointError(f"checkpoint {path}: a ViT with {depth} blocks; fastdino's {_VIT_WIDTHS[dim]} has "
-                              f"{_VIT_DEPTH}")
+    if depth < 1:
+        raise CheckpointError(f"checkpoint {path}: a ViT without blocks.N.* tensors ({evidence})")
     n = state["pos_embed"].shape[1] - 1  # DINO's table: CLS position + an n x n patch grid
     grid = math.isqrt(n)
     if grid * grid != n:
         raise CheckpointError(f"checkpoint {path}: its position table has {n} patch entries, not a square grid "
                               f"({evidence})")
-    return Detected(_VIT_WIDTHS[dim], patch, grid * patch, evidence)
+    return Detected(_VIT_WIDTHS[dim], patch, grid * patch, f"{evidence}, {depth} blocks",
+                    None if depth == _VIT_DEPTH else depth)
 
 
 def _detect_resnet(state: dict, path: Path) -> Detected:
@@ -259,7 +260,7 @@ def _fastdino_config_for(detected: Detected, pos_embed_interp: str, args: Any) -
     mode = getattr(args, "data_mode", None)  # DINO-MC's main_dino_mc.py --data_mode dino | mc | tp
     preset = "dino-mc-vits8" if mode in ("mc", "tp") else "dino-vits16"
     model = {"arch": detected.arch, "patch_size": detected.patch_size, "img_size": detected.img_size,
-             "pos_embed_interp": pos_embed_interp, "drop_path_rate": 0.0}
+             "depth": detected.depth, "pos_embed_interp": pos_embed_interp, "drop_path_rate": 0.0}
     config = load_config(preset, overrides={"model": model}).to_dict()
     config["preset"] = None  # not a fastdino preset's run
     return config
@@ -362,6 +363,13 @@ def _load_fastdino(ckpt: dict, path: Path, which: str, arch, patch_size, pos_emb
 # train --init-from
 
 
+def _with_own_mask_token(state: dict, own: dict) -> dict:
+    """A twin's checkpoint state with iBOT's mask token made to fit this run: kept as built when the checkpoint has
+    none (trained without loss.ibot_weight), dropped when this run has none. Every other key loads strictly."""
+    state = {k: v for k, v in state.items() if not k.startswith("mask_token.") or k in own}
+    return {**state, **{k: v for k, v in own.items() if k.startswith("mask_token.") and k not in state}}
+
+
 def init_twins(path: str | Path, student: nn.ModuleDict, teacher: nn.ModuleDict, model_config, echo=print,
                bands=None) -> None:
     """Copy a checkpoint's weights into freshly built student and teacher `ModuleDict(backbone, head)` twins.
@@ -378,17 +386,20 @@ def init_twins(path: str | Path, student: nn.ModuleDict, teacher: nn.ModuleDict,
     ckpt = read_checkpoint(path)
     if is_fastdino(ckpt):
         old = config_from_dict(ckpt["config"]).model
-        shape_keys = ("arch", "patch_size", "img_size", *head_kwargs(old))  # what the weights' shapes depend on
+        shape_keys = ("arch", "patch_size", "img_size", "depth", *head_kwargs(old))  # what the shapes depend on
         if any(getattr(old, k) != getattr(model_config, k) for k in shape_keys):
-            raise ValueError(f"--init-from {path}: its model ({old.arch}/{old.patch_size}, K={old.out_dim}) "
-                             f"is not this run's ({model_config.arch}/{model_config.patch_size}, "
-                             f"K={model_config.out_dim}); set the same model.* keys")
+            raise ValueError(f"--init-from {path}: its model ({old.arch}/{old.patch_size}, depth {old.depth}, "
+                             f"K={old.out_dim}) is not this run's ({model_config.arch}/{model_config.patch_size}, "
+                             f"depth {model_config.depth}, K={model_config.out_dim}); set the same model.* keys")
         states = {"student": ckpt["student"], "teacher": ckpt["teacher"]}
         if old.in_chans != model_config.in_chans:
             states = {k: _inflated(v, old.in_chans, model_config.in_chans, bands, path, "backbone.timm_model.", echo)
                       for k, v in states.items()}
-        student.load_state_dict(states["student"])
-        teacher.load_state_dict(states["teacher"])
+        for twin, name in ((student, "student"), (teacher, "teacher")):
+            twin.load_state_dict(_with_own_mask_token(states[name], twin.state_dict()))
+        if any(k.startswith("mask_token.") for k in student.state_dict()) and \
+                not any(k.startswith("mask_token.") for k in states["student"]):
+            echo(f"  iBOT's mask token as built: {path} was trained without loss.ibot_weight")
         echo(f"initialised student and teacher weights from {path} (optimiser and schedules start fresh)")
         return
     sources = ("student", "teacher") if isinstance(ckpt, dict) and ("teacher" in ckpt or "student" in ckpt) else None
@@ -401,11 +412,15 @@ def init_twins(path: str | Path, student: nn.ModuleDict, teacher: nn.ModuleDict,
         vit = model_config.arch.startswith("vit")
         patch = model_config.patch_size if vit else None
         size = model_config.img_size if vit else detected.img_size  # a CNN has no native size
-        if (detected.arch, detected.patch_size, detected.img_size) != (model_config.arch, patch, size):
+        depth = model_config.depth if vit else None
+        if (detected.arch, detected.patch_size, detected.img_size, detected.depth) != (model_config.arch, patch, size,
+                                                                                        depth):
             have = detected.arch + (f"/{detected.patch_size} at {detected.img_size} px" if detected.patch_size else "")
             ours = model_config.arch + (f"/{patch} at {model_config.img_size} px" if vit else "")
             fix = f"model.arch={detected.arch}" + (f" model.patch_size={detected.patch_size} "
                                                   f"model.img_size={detected.img_size}" if detected.patch_size else "")
+            if vit or detected.depth is not None:
+                fix += f" model.depth={'null' if detected.depth is None else detected.depth}"
             raise CheckpointError(f"--init-from {path}: it holds a {have} backbone ({detected.evidence}), not this "
                                   f"run's {ours}; set --set {fix}")
         if model_config.in_chans != 3:  # original checkpoints are RGB

@@ -66,12 +66,13 @@ class IBOTPatchLoss(nn.Module):
     def forward(self, student_patch_logits: torch.Tensor, teacher_patch_logits: torch.Tensor, masks: torch.Tensor,
                 teacher_temp: float) -> torch.Tensor:
         teacher = teacher_patch_logits.float()
-        targets = F.softmax((teacher[masks] - self.center) / teacher_temp, dim=-1)
+        picked = masks.flatten().nonzero().squeeze(1)  # one index (one host sync on CUDA) for both selections
+        targets = F.softmax((teacher.flatten(0, 1).index_select(0, picked) - self.center) / teacher_temp, dim=-1)
         log_p = F.log_softmax(student_patch_logits.float() / self.student_temp, dim=-1)
         per_patch = -(targets * log_p).sum(-1)  # [M]
         # per crop: the mean over its masked patches; then the mean over all N crops (unmasked ones add 0)
         per_crop_count = masks.sum(1).clamp(min=1).to(per_patch.dtype)
-        weights = (1.0 / per_crop_count)[:, None].expand_as(masks)[masks]
+        weights = (1.0 / per_crop_count).index_select(0, picked // masks.shape[1])
         loss = (per_patch * weights).sum() / masks.shape[0]
         self.update_center(teacher)
         return loss

@@ -60,8 +60,10 @@ def micro_resnet(monkeypatch):
 
 
 def cnn_config(*overrides: str):
-    """The `tiny` preset's views (64 px globals, 48..24 px locals) and a small head on `resnet50`."""
+    """The `tiny` preset's views (64 px globals, 48..24 px locals) and a small head on `resnet50` (no ViT depth,
+    no iBOT: a CNN has no patch tokens)."""
     return load_config("tiny", overrides=["run.device=cpu", "model.arch=resnet50", "model.patch_size=null",
+                                          "model.depth=null", "loss.ibot_weight=0",
                                           "model.out_dim=256", "model.hidden_dim=64", "model.bottleneck_dim=32",
                                           *overrides])
 

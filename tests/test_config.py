@@ -112,7 +112,9 @@ def test_cli_values_are_parsed_for_the_target_type():
     (["augment.mean=[1,2]"], "needs 3 values"),
     (["model.patch_size=16", "augment.local_views=[{size: 8}]"], "view size 8 px is smaller than model.patch_size=16"),
     (["model.depth=0"], "model.depth=0: must be a positive number of blocks"),
-    (["model.arch=resnet50", "model.patch_size=null", "model.depth=6"], "model.depth=6: sets a ViT's blocks"),
+    (["model.arch=resnet50", "model.patch_size=null", "loss.ibot_weight=0", "model.depth=6"],
+     "model.depth=6: sets a ViT's blocks"),
+    (["model.arch=resnet50", "model.patch_size=null", "model.depth=null"], "loss.ibot_weight=1.0: iBOT masks ViT"),
     (["noequals"], "expected key=value"),
     (["preset=tiny"], "--preset"),
 ])
@@ -152,7 +154,7 @@ def test_bad_config_files(tmp_path):
 def test_config_diff_lists_changed_leaves():
     a = load_config().to_dict()
     b = load_config(overrides=["run.epochs=9", "optim.lr=0.1"]).to_dict()
-    assert config_diff(a, b) == ["optim.lr: 0.002 -> 0.1", "run.epochs: 4 -> 9"]
+    assert config_diff(a, b) == ["optim.lr: 0.002 -> 0.1", "run.epochs: 3 -> 9"]
 
 
 def test_list_presets_one_line_each():

@@ -133,8 +133,8 @@ def test_architecture_is_read_from_the_shapes_and_mismatches_are_named(vit16, tm
         load_backbone(other)
     deep = tmp_path / "deep.pth"
     torch.save(DinoVisionTransformer("vit_tiny", 16, depth=6).state_dict(), deep)
-    with pytest.raises(CheckpointError, match="6 blocks"):
-        load_backbone(deep)
+    shallow = load_backbone(deep)  # the depth is read from the blocks.N keys (fastdino's model.depth)
+    assert len(shallow.backbone.timm_model.blocks) == 6 and shallow.config["model"]["depth"] == 6
 
 
 def test_resnet_checkpoint_with_ddp_teacher_matches_torchvision(tmp_path):
@@ -221,7 +221,7 @@ def test_init_from_a_dino_checkpoint_loads_both_twins_with_their_heads(tmp_path)
 def load_config_model(**model):
     from fastdino.config import load_config
 
-    base = {"patch_size": 8, "img_size": 16, "out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}
+    base = {"patch_size": 8, "depth": None, "img_size": 16, "out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}
     return load_config("tiny", overrides={"model": {**base, **model}})
 
 
@@ -235,7 +235,8 @@ def test_train_init_from_a_bare_dino_backbone(tmp_path, capsys, monkeypatch):
     torch.save(ref.state_dict(), weights)
     data = make_synthetic_dataset(tmp_path / "imgs", n_images=4, size=24)
     argv = ["train", "--data", str(data), "--output", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4",
-            "--init-from", str(weights), "--set", "model.patch_size=8", "model.img_size=16", "model.out_dim=64",
+            "--init-from", str(weights), "--set", "model.patch_size=8", "model.depth=null", "model.img_size=16",
+            "model.out_dim=64",
             "model.hidden_dim=32", "model.bottleneck_dim=16", "model.pos_embed_interp=dino",
             "augment.global_views=[{size: 16}, {size: 16, blur_p: 0.1, solarize_p: 0.2}]",
             "augment.local_views=[{size: 8, count: 2, scale: [0.05, 0.32]}]", "data.num_threads=0",

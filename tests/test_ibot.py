@@ -139,6 +139,43 @@ def test_masked_packed_forward_equals_timm_one_view_at_a_time(patch, sizes):
     assert patches.shape == (6, grid, backbone.embed_dim)
 
 
+@pytest.mark.parametrize("patch,sizes,drop_path", [(16, (64, 64, 48, 32, 24), 0.0), (8, (40, 40, 24, 20), 0.0),
+                                                   (8, (40, 40, 24), 0.3)])
+def test_last_block_at_selected_patches_equals_the_full_last_block(patch, sizes, drop_path):
+    """patch_select (the student's masked patches) runs the last block at the CLS and selected rows only: the
+    same CLS features, the same selected patch tokens and the same gradients as the full last block, drop-path
+    (one draw per crop, the same draws) included; a crop without a selected patch included."""
+    torch.manual_seed(0)
+    backbone = create_backbone("vit_tiny", patch_size=patch, img_size=sizes[0], depth=2, drop_path_rate=drop_path)
+    token = MaskToken(backbone.embed_dim)
+    torch.nn.init.normal_(token.weight)
+    g = torch.Generator().manual_seed(2)
+    views = [torch.randn(3, 3, s, s, generator=g) for s in sizes]
+    grid = (sizes[0] // patch) ** 2
+    masks = [sample_patch_masks(3, grid, mask_prob=0.8, generator=g) for _ in range(2)]
+    masks[1][0] = False
+    select = torch.cat(masks)
+    outs = {}
+    for name in ("selected", "full"):
+        backbone.zero_grad(set_to_none=True)
+        token.zero_grad(set_to_none=True)
+        torch.manual_seed(5)  # the drop-path draws
+        cls, patches = backbone.forward_views(views, masks=masks, mask_token=token.weight[0], patch_views=2,
+                                              patch_select=select if name == "selected" else None)
+        if name == "full":
+            patches = patches[select]
+        (cls.square().sum() + patches.sin().sum()).backward()
+        outs[name] = (cls.detach(), patches.detach(), token.weight.grad.clone(),
+                      backbone.timm_model.blocks[-1].mlp.fc1.weight.grad.clone(),
+                      backbone.timm_model.blocks[-1].attn.qkv.weight.grad.clone())
+    assert outs["selected"][1].shape == (int(select.sum()), backbone.embed_dim)
+    for a, b in zip(outs["selected"], outs["full"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"patch_select has shape \(6, 5\)"):
+        backbone.forward_views(views, masks=masks, mask_token=token.weight[0], patch_views=2,
+                               patch_select=select[:, :5])
+
+
 def test_unmasked_patch_pass_gives_the_plain_cls_features():
     torch.manual_seed(0)
     backbone = create_backbone("vit_tiny", patch_size=16, img_size=64, depth=2)
@@ -246,4 +283,5 @@ def test_ibot_options_are_validated(override, match):
 def test_ibot_needs_a_vit():
     with pytest.raises(ConfigError, match="loss.ibot_weight.*resnet50"):
         load_config("dino-mc-resnet50", overrides=["loss.ibot_weight=1"])
-    assert load_config("tiny").loss.ibot_weight == 0.0  # off unless asked for
+    assert load_config("tiny").loss.ibot_weight == 1.0  # the tiny preset's recipe (docs/eval.md, "iBOT")
+    assert load_config("dino-mc-vits8").loss.ibot_weight == 0.0  # off in the papers' presets

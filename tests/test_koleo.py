@@ -85,8 +85,9 @@ def test_step_adds_the_weighted_koleo_of_the_global_views():
     """The step's loss with loss.koleo_weight=w is DINO's loss + w x KoLeo of the student's global-view
     features (same weights, same views), for the packed and the reference student alike."""
     w = 0.5
-    plain = scaled_config("tiny", overrides=["loss.koleo_weight=0"])
-    with_koleo = scaled_config("tiny", overrides=[f"loss.koleo_weight={w}"])
+    # without iBOT's masks (on in the tiny preset), so the expected features are the unmasked views'
+    plain = scaled_config("tiny", overrides=["loss.koleo_weight=0", "loss.ibot_weight=0"])
+    with_koleo = scaled_config("tiny", overrides=[f"loss.koleo_weight={w}", "loss.ibot_weight=0"])
     views = fixed_views(plain, batch=4)
     for reference in (False, True):
         tr = build(with_koleo, reference=reference)

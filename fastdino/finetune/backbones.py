@@ -134,6 +134,8 @@ def _load_exported(path: Path, meta: dict, random_init: bool, seed: int, arch, p
     if "patch_size" in kwargs:
         build.update(patch_size=kwargs["patch_size"], img_size=kwargs.get("img_size", 224),
                      pos_embed_interp=pos_embed_interp or meta.get("pos_embed_interp") or "timm")
+    if "depth" in kwargs:  # a ViT with model.depth blocks (timm's kwargs name it only when set)
+        build["depth"] = kwargs["depth"]
     backbone = _seeded(seed, lambda: create_backbone(model_arch, **build))
     if not random_init:
         load_into(backbone, load_file(str(path)), path, f"its weights ({model_arch} {build}, named in {meta_path})")

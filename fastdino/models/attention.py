@@ -131,9 +131,11 @@ def _attn_dim(attn: Attention) -> int:
     return getattr(attn, "attn_dim", attn.num_heads * attn.head_dim)
 
 
-def packed_attention(attn: Attention, x: torch.Tensor, layout: PackedLayout, backend: str) -> torch.Tensor:
+def packed_attention(attn: Attention, x: torch.Tensor, layout: PackedLayout, backend: str,
+                     rows: torch.Tensor | None = None) -> torch.Tensor:
     """timm's `Attention.forward` for a packed [N, D] sequence, with its own qkv / norms / proj modules, so the
-    weights (and the state dict) stay timm's."""
+    weights (and the state dict) stay timm's. rows: the output at these rows only, [len(rows), D] (every query is
+    still attended; the output norm and projection, per token, run on these rows only)."""
     n, attn_dim = x.shape[0], _attn_dim(attn)
     qkv = attn.qkv(x).view(n, 3, attn.num_heads, attn.head_dim)
     dropout_p = attn.attn_drop.p if attn.training else 0.0
@@ -153,6 +155,8 @@ def packed_attention(attn: Attention, x: torch.Tensor, layout: PackedLayout, bac
             o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=attn.scale)
             outs.append(o.transpose(1, 2).reshape(g.crops * g.seq_len, attn_dim))
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
+    if rows is not None:
+        out = out.index_select(0, rows)
     out = attn.norm(out)
     out = attn.proj(out)
     return attn.proj_drop(out)

@@ -87,9 +87,10 @@ def cls_rows(x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
 
 
 def drop_path_per_crop(x: torch.Tensor, layout: PackedLayout, drop_prob: float, training: bool,
-                       scale_by_keep: bool = True) -> torch.Tensor:
+                       scale_by_keep: bool = True, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Stochastic depth on a packed [N, D] residual branch: each crop's tokens are kept or dropped together,
-    as timm's DropPath does per sample when every crop is its own batch row."""
+    as timm's DropPath does per sample when every crop is its own batch row. rows: x holds only these rows of
+    the layout's sequence (a last block computed at some rows)."""
     if drop_prob == 0.0 or not training:
         return x
     keep_prob = 1.0 - drop_prob
@@ -101,4 +102,5 @@ def drop_path_per_crop(x: torch.Tensor, layout: PackedLayout, drop_prob: float, 
     for g in layout.groups:
         per_token.append(keep[c : c + g.crops, None].expand(g.crops, g.seq_len).reshape(-1))
         c += g.crops
-    return x * torch.cat(per_token)[:, None]
+    scale = torch.cat(per_token)
+    return x * (scale if rows is None else scale.index_select(0, rows))[:, None]

@@ -30,8 +30,11 @@ class MultiCropWrapper(nn.Module):
             logits = self.head(features)
             return (logits, features) if return_features else logits
         token = None if masks is None else self.mask_token.weight[0]
-        features, patches = self.backbone.forward_views(views, masks=masks, mask_token=token, patch_views=patch_views)
-        rows = patches[torch.cat(masks[:patch_views])] if masks is not None else patches.flatten(0, 1)
+        # the student's last block and head run at the masked patches only (the loss reads no other)
+        select = None if masks is None else torch.cat(masks[:patch_views])
+        features, patches = self.backbone.forward_views(views, masks=masks, mask_token=token, patch_views=patch_views,
+                                                        patch_select=select)
+        rows = patches if masks is not None else patches.flatten(0, 1)
         logits = self.head(torch.cat([features, rows]))  # one head call: the head works row by row
         cls_logits, patch_logits = logits[: len(features)], logits[len(features) :]
         if masks is None:
