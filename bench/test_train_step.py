@@ -126,8 +126,8 @@ IBOT_PARAMS = [(device, *case) for device in devices() for case in IBOT_CASES[de
 @pytest.mark.parametrize("device,preset,batch", IBOT_PARAMS, ids=[f"{p[0]}-{p[1]}-B{p[2]}" for p in IBOT_PARAMS])
 def test_train_step_ibot(benchmark, device, preset, batch, impl):
     """The step with loss.ibot_weight=1 on prefetched views: fastdino (masked packed pass; the student's last block
-    and head at the CLS and masked patch rows only) vs the reference (one view at a time through timm's modules, per-tensor EMA and AdamW), and
-    fastdino without iBOT ("dino-only": what the patch loss costs)."""
+    and head at the CLS and masked patch rows only) vs the reference (one view at a time through timm's modules,
+    per-tensor EMA and AdamW), and fastdino without iBOT ("dino-only": what the patch loss costs)."""
     dev = torch.device(device)
     ibot = "0" if impl == "dino-only" else "1"
     config = load_config(preset, overrides=[f"run.device={device}", f"run.batch_size={batch}",
