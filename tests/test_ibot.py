@@ -110,18 +110,25 @@ def test_patch_loss_is_zero_gradient_free_without_masks():
 # ---- the masked packed forward --------------------------------------------------------------------------------
 
 
+def masked_views_setup(patch: int, sizes: tuple[int, ...], depth: int, seed: int, drop_path: float = 0.0):
+    """A small ViT, a random mask token, 3 images per view size and masks for the 2 global views."""
+    torch.manual_seed(0)
+    backbone = create_backbone("vit_tiny", patch_size=patch, img_size=sizes[0], depth=depth,
+                               drop_path_rate=drop_path)
+    token = MaskToken(backbone.embed_dim)
+    torch.nn.init.normal_(token.weight)
+    g = torch.Generator().manual_seed(seed)
+    views = [torch.randn(3, 3, s, s, generator=g) for s in sizes]
+    grid = (sizes[0] // patch) ** 2
+    masks = [sample_patch_masks(3, grid, mask_prob=0.8, generator=g) for _ in range(2)]
+    return backbone, token, views, grid, masks
+
+
 @pytest.mark.parametrize("patch,sizes", [(16, (64, 64, 48, 32, 24)), (8, (40, 40, 24, 20))])
 def test_masked_packed_forward_equals_timm_one_view_at_a_time(patch, sizes):
     """CLS features, global patch tokens and their gradients (mask token included) of the packed pass ==
     timm's modules run per view, for views of several sizes (odd ones floored) and random masks."""
-    torch.manual_seed(0)
-    backbone = create_backbone("vit_tiny", patch_size=patch, img_size=sizes[0], depth=3)
-    token = MaskToken(backbone.embed_dim)
-    torch.nn.init.normal_(token.weight)
-    g = torch.Generator().manual_seed(1)
-    views = [torch.randn(3, 3, s, s, generator=g) for s in sizes]
-    grid = (sizes[0] // patch) ** 2
-    masks = [sample_patch_masks(3, grid, mask_prob=0.8, generator=g) for _ in range(2)]
+    backbone, token, views, grid, masks = masked_views_setup(patch, sizes, depth=3, seed=1)
 
     outs = {}
     for name in ("packed", "reference"):
@@ -145,14 +152,7 @@ def test_last_block_at_selected_patches_equals_the_full_last_block(patch, sizes,
     """patch_select (the student's masked patches) runs the last block at the CLS and selected rows only: the
     same CLS features, the same selected patch tokens and the same gradients as the full last block, drop-path
     (one draw per crop, the same draws) included; a crop without a selected patch included."""
-    torch.manual_seed(0)
-    backbone = create_backbone("vit_tiny", patch_size=patch, img_size=sizes[0], depth=2, drop_path_rate=drop_path)
-    token = MaskToken(backbone.embed_dim)
-    torch.nn.init.normal_(token.weight)
-    g = torch.Generator().manual_seed(2)
-    views = [torch.randn(3, 3, s, s, generator=g) for s in sizes]
-    grid = (sizes[0] // patch) ** 2
-    masks = [sample_patch_masks(3, grid, mask_prob=0.8, generator=g) for _ in range(2)]
+    backbone, token, views, grid, masks = masked_views_setup(patch, sizes, depth=2, seed=2, drop_path=drop_path)
     masks[1][0] = False
     select = torch.cat(masks)
     outs = {}
