@@ -89,8 +89,8 @@ class PackedViT(TimmBackbone):
         if patch_views > first.n_views:
             raise ValueError(f"patch_views={patch_views}: the first {first.n_views} view(s) have one size; patch "
                              "tokens are returned for views of one size only")
-        # The last block over every token of the first group (its patch tokens are read), over the CLS rows only
-        # for the other groups (ViT-Tiny/8 at depth 4, tiny views: ~10% less student work than all tokens).
+        # The last block over the first group's tokens that are read (every token, or with patch_select the CLS and
+        # selected rows), over the CLS rows only for the other groups.
         first_layout = PackedLayout((first,))
         n_crops = sum(len(v) for v in views[:patch_views])
         if patch_select is None:
