@@ -17,7 +17,9 @@ Values from the original (bytedance/ibot), cited by function and argument:
   `--lambda2 1.0`; student temperature 0.1; teacher patch temperature `--teacher_patch_temp 0.07` after the
   same warm-up as the CLS temperature (from `--warmup_teacher_patch_temp 0.04`);
 - the centre (`iBOTLoss.update_center`): EMA (momentum 0.9) of the mean raw teacher patch logit, over all patches
-  of all global crops on all ranks;
+  of all global crops on all ranks (fastdino's teacher gives that mean as the head's last layer at the mean
+  normalised bottleneck: the layer is linear, so it is the same number, without the out_dim product at the
+  patches no loss reads);
 - the head: shared with the CLS tokens (`--shared_head true` in the ViT-S/16 command), so patch logits have
   the CLS head's out_dim.
 """
@@ -54,8 +56,13 @@ def sample_patch_masks(n_crops: int, n_patches: int, *, mask_prob: float = 0.5,
 
 
 class IBOTPatchLoss(nn.Module):
-    """forward(student_patch_logits [M, K] at the masked patches (in mask order), teacher_patch_logits [N, P, K]
-    for every patch of the N global crops, masks bool [N, P], teacher_temp) -> loss; updates the centre after."""
+    """forward(student_patch_logits [M, K] and teacher_patch_logits [M, K] at the masked patches (in mask order),
+    masks bool [N, P] of the N global crops, teacher_temp, teacher_patch_mean [N, K]: each crop's mean raw teacher
+    logit over all P patches, for the centre) -> loss; updates the centre after.
+
+    From the teacher's full output [N, P, K]: `teacher_at_masks(full, masks)`. The training step instead gets the
+    masked rows and the means from the teacher's wrapper (`patch_select`), which skips the head's last layer at the
+    unmasked patches; the same numbers (tests/test_ibot.py)."""
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
         super().__init__()
@@ -64,25 +71,31 @@ class IBOTPatchLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(self, student_patch_logits: torch.Tensor, teacher_patch_logits: torch.Tensor, masks: torch.Tensor,
-                teacher_temp: float) -> torch.Tensor:
-        teacher = teacher_patch_logits.float()
-        picked = masks.flatten().nonzero().squeeze(1)  # one index (one host sync on CUDA) for both selections
-        targets = F.softmax((teacher.flatten(0, 1).index_select(0, picked) - self.center) / teacher_temp, dim=-1)
+                teacher_temp: float, teacher_patch_mean: torch.Tensor) -> torch.Tensor:
+        targets = F.softmax((teacher_patch_logits.float() - self.center) / teacher_temp, dim=-1)
         log_p = F.log_softmax(student_patch_logits.float() / self.student_temp, dim=-1)
         per_patch = -(targets * log_p).sum(-1)  # [M]
-        # per crop: the mean over its masked patches; then the mean over all N crops (unmasked ones add 0)
-        per_crop_count = masks.sum(1).clamp(min=1).to(per_patch.dtype)
-        weights = (1.0 / per_crop_count).index_select(0, picked // masks.shape[1])
+        # per crop: the mean over its masked patches; then the mean over all N crops (unmasked ones add 0).
+        # Rows come in mask order, so each crop's weight repeats once per masked patch; output_size: no host sync.
+        count = masks.sum(1)
+        weights = torch.repeat_interleave(1.0 / count.clamp(min=1).to(per_patch.dtype), count,
+                                          output_size=len(per_patch))
         loss = (per_patch * weights).sum() / masks.shape[0]
-        self.update_center(teacher)
+        self.update_center(teacher_patch_mean)
         return loss
 
     @torch.no_grad()
-    def update_center(self, teacher_patch_logits: torch.Tensor) -> None:
+    def update_center(self, teacher_patch_mean: torch.Tensor) -> None:
         """EMA of the mean raw teacher patch logit (each crop's patch mean, averaged over crops and ranks)."""
-        total = teacher_patch_logits.float().mean(1).sum(0, keepdim=True)
-        count = teacher_patch_logits.shape[0]
+        total = teacher_patch_mean.float().sum(0, keepdim=True)
+        count = teacher_patch_mean.shape[0]
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
             count *= dist.get_world_size()
         self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)
+
+
+def teacher_at_masks(teacher_patch_logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's full patch output [N, P, K] -> (its rows at the masked patches [M, K], in mask order; each
+    crop's mean over all P patches [N, K]): what IBOTPatchLoss reads, the way iBOT's loss computes it."""
+    return teacher_patch_logits[masks], teacher_patch_logits.float().mean(1)

@@ -178,7 +178,7 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
                    dist_info: DistInfo = SINGLE_PROCESS) -> Training:
     """Models, loss, EMA, optimiser, scaler and the step function. reference=True: per-size student loop,
     DINOLoss(backend="reference"), per-tensor EMA loop (the original DINO code paths)."""
-    from fastdino.ibot import IBOTPatchLoss, sample_patch_masks
+    from fastdino.ibot import IBOTPatchLoss, sample_patch_masks, teacher_at_masks
     from fastdino.kernels import DINOLoss, FlatEMA
     from fastdino.kernels.reference import reference_ema_update
     from fastdino.koleo import koleo_per_view
@@ -215,10 +215,10 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
             logits = student["head"](features)
             return (logits, features) if return_features else logits
 
-        def teacher_forward(views, patch_views=0):
-            if patch_views:
+        def teacher_forward(views, patch_views=0, patch_select=None):
+            if patch_views:  # the head at every patch, then the rows and means iBOT's loss reads (as iBOT does)
                 features, patches = reference_forward_masked_views(teacher["backbone"], views, [], None, patch_views)
-                return teacher["head"](features), features, teacher["head"](patches)
+                return teacher["head"](features), features, *teacher_at_masks(teacher["head"](patches), patch_select)
             return teacher["head"](reference_forward_views(teacher["backbone"], views))
 
         def ema_update(m):
@@ -254,6 +254,7 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
     koleo_terms = []
 
     ibot_terms = []
+    patch_size = getattr(student["backbone"], "patch_size", None)  # iBOT's masks are per patch (ViTs only)
 
     def forward_loss(views: list[torch.Tensor], epoch: int) -> torch.Tensor:
         """DINO's loss (+ KoLeo, + iBOT's patch loss when their weights are set) of one batch of views."""
@@ -263,11 +264,12 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
             student_out, features = student_forward(views, return_features=True)
         else:
             # iBOT: the teacher sees the global views whole, the student with masked patches (CLS loss included)
-            with torch.no_grad():
-                teacher_out, _, teacher_patches = teacher_forward(views[:n_global], patch_views=n_global)
-            n_patches = teacher_patches.shape[1]
+            n_patches = (views[0].shape[-2] // patch_size) * (views[0].shape[-1] // patch_size)
             masks = [sample_patch_masks(len(v), n_patches, mask_prob=lc.ibot_mask_prob,
                                         ratio=tuple(lc.ibot_mask_ratio), device=v.device) for v in views[:n_global]]
+            with torch.no_grad():
+                teacher_out, _, teacher_patches, teacher_patch_mean = teacher_forward(
+                    views[:n_global], patch_views=n_global, patch_select=torch.cat(masks))
             student_out, features, student_patches = student_forward(views, return_features=True, masks=masks,
                                                                      patch_views=n_global)
         loss = dino_loss(student_out, teacher_out, epoch)
@@ -277,7 +279,8 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
             loss = loss + lc.koleo_weight * koleo
             koleo_terms.append(koleo.detach())
         if ibot_loss is not None:
-            patch_loss = ibot_loss(student_patches, teacher_patches, torch.cat(masks), float(ibot_temps[epoch]))
+            patch_loss = ibot_loss(student_patches, teacher_patches, torch.cat(masks), float(ibot_temps[epoch]),
+                                   teacher_patch_mean)
             loss = loss + lc.ibot_weight * patch_loss
             ibot_terms.append(patch_loss.detach())
         return loss

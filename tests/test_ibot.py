@@ -13,7 +13,7 @@ from test_train import build, fixed_views, loop_config, quiet_adam, scaled_confi
 
 from fastdino import checkpoint as ckpt_io
 from fastdino.config import ConfigError, load_config
-from fastdino.ibot import IBOTPatchLoss, MaskToken, sample_patch_masks
+from fastdino.ibot import IBOTPatchLoss, MaskToken, sample_patch_masks, teacher_at_masks
 from fastdino.models import MultiCropWrapper, create_backbone
 from fastdino.models.reference import reference_forward_masked_views
 from fastdino.train import train
@@ -82,7 +82,8 @@ def test_patch_loss_equals_ibots_loop_values_and_gradients(n_global, batch, patc
     center = loss_fn.center.clone()
 
     s_rows = student[masks].clone().requires_grad_(True)  # what the wrapper gives: the masked rows only
-    loss = loss_fn(s_rows, teacher, masks, teacher_temp=0.07)
+    t_rows, t_mean = teacher_at_masks(teacher, masks)
+    loss = loss_fn(s_rows, t_rows, masks, teacher_temp=0.07, teacher_patch_mean=t_mean)
     loss.backward()
     s_full = student.double().clone().requires_grad_(True)
     ref = ibot_loop_loss(s_full, teacher, masks, center, n_global, 0.07)
@@ -102,7 +103,7 @@ def test_patch_loss_is_zero_gradient_free_without_masks():
     loss_fn = IBOTPatchLoss(8)
     masks = torch.zeros(4, 6, dtype=torch.bool)
     rows = torch.zeros(0, 8, requires_grad=True)
-    loss = loss_fn(rows, torch.randn(4, 6, 8), masks, teacher_temp=0.07)
+    loss = loss_fn(rows, torch.zeros(0, 8), masks, teacher_temp=0.07, teacher_patch_mean=torch.randn(4, 8))
     assert loss.item() == 0.0
     loss.backward()
 
@@ -206,6 +207,31 @@ def test_wrapper_runs_the_head_on_the_masked_patches_only():
     torch.testing.assert_close(patch_logits, head(patches[torch.cat(masks)]))
     _, _, teacher_patch_logits = wrapper(views[:2], patch_views=2)
     assert teacher_patch_logits.shape == (4, 16, 32)
+
+
+@pytest.mark.parametrize("patch,size,out_dim", [(16, 64, 32), (8, 40, 67)])
+def test_teacher_last_layer_at_the_selected_patches_and_the_mean_equals_the_full_head(patch, size, out_dim):
+    """The teacher's wrapper with patch_select: the head's last layer at the masked rows and at each crop's mean
+    bottleneck == the full head at every patch, then selected and averaged (iBOT's way), for the centre too."""
+    from fastdino.models import DINOHead
+
+    torch.manual_seed(patch + out_dim)
+    backbone = create_backbone("vit_tiny", patch_size=patch, img_size=size, depth=2)
+    head = DINOHead(backbone.embed_dim, out_dim=out_dim, hidden_dim=24, bottleneck_dim=12)
+    teacher = MultiCropWrapper(backbone, head)
+    views = [torch.randn(3, 3, size, size), torch.randn(3, 3, size, size), torch.randn(3, 3, 24, 24)]
+    grid = (size // patch) ** 2
+    select = sample_patch_masks(6, grid, mask_prob=0.7)
+    select[1] = False  # a crop without masks still has a mean
+    with torch.no_grad():
+        cls_logits, features, rows, means = teacher(views[:2], patch_views=2, patch_select=select)
+        full_cls, full_features, full = teacher(views[:2], patch_views=2)
+    torch.testing.assert_close(cls_logits, full_cls)
+    torch.testing.assert_close(features, full_features)
+    want_rows, want_means = teacher_at_masks(full, select)
+    assert rows.shape == (int(select.sum()), out_dim) and means.shape == (6, out_dim)
+    torch.testing.assert_close(rows, want_rows)
+    torch.testing.assert_close(means, want_means, rtol=1e-5, atol=1e-6)
 
 
 # ---- the step -------------------------------------------------------------------------------------------------

@@ -39,9 +39,12 @@ class DINOHead(nn.Module):
         self.norm_last_layer = norm_last_layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.mlp(x)
-        x = F.normalize(x, dim=-1, p=2)
-        return self.last_layer(x)
+        return self.last_layer(self.embed(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised bottleneck the last layer reads. That layer is linear, so the mean of its outputs over
+        rows is its output at the mean row: iBOT's teacher uses this to skip the out_dim product at unread rows."""
+        return F.normalize(self.mlp(x), dim=-1, p=2)
 
 
 def _init_weights(m: nn.Module) -> None:

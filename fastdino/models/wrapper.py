@@ -17,26 +17,42 @@ class MultiCropWrapper(nn.Module):
         self.mask_token = mask_token  # iBOT (fastdino/ibot.py): inside the module DDP wraps, so its gradient syncs
 
     def forward(self, views: list[torch.Tensor] | torch.Tensor, return_features: bool = False,
-                masks: list[torch.Tensor] | None = None, patch_views: int = 0):
+                masks: list[torch.Tensor] | None = None, patch_views: int = 0,
+                patch_select: torch.Tensor | None = None):
         """return_features=True: (logits, backbone features [sum B_v, D]), for a loss on the features.
 
-        patch_views > 0 (iBOT): (logits, features, patch logits). The patch logits are the head's output for the
-        patch tokens of the first patch_views views: with `masks` (the student) for the masked patches only, in
-        mask order (the loss reads no other), without (the teacher) for all of them, [sum B_v, h*w, out_dim]."""
+        patch_views > 0 (iBOT): (logits, features, patch logits) for the patch tokens of the first patch_views
+        views. The student (with `masks`): the head's output at the masked patches only, in mask order (the loss
+        reads no other). The teacher (no masks): at every patch, [sum B_v, h*w, out_dim]; or, given
+        `patch_select` (the student's masks, bool [sum B_v, h*w]), (logits, features, patch logits at the
+        selected patches in mask order, each crop's mean patch logit [sum B_v, out_dim]): the same numbers iBOT's
+        loss reads, without the out_dim product at the other patches (the head's last layer is linear, so the
+        mean of its outputs is its output at the mean of its inputs)."""
         if isinstance(views, torch.Tensor):
             views = [views]
         if not patch_views:
             features = self.backbone.forward_views(views)
             logits = self.head(features)
             return (logits, features) if return_features else logits
-        token = None if masks is None else self.mask_token.weight[0]
-        # the student's last block and head run at the masked patches only (the loss reads no other)
-        select = None if masks is None else torch.cat(masks[:patch_views])
-        features, patches = self.backbone.forward_views(views, masks=masks, mask_token=token, patch_views=patch_views,
-                                                        patch_select=select)
-        rows = patches if masks is not None else patches.flatten(0, 1)
-        logits = self.head(torch.cat([features, rows]))  # one head call: the head works row by row
-        cls_logits, patch_logits = logits[: len(features)], logits[len(features) :]
         if masks is None:
-            patch_logits = patch_logits.view(*patches.shape[:2], -1)
-        return cls_logits, features, patch_logits
+            return self._teacher_patches(views, patch_views, patch_select)
+        # the student's last block and head run at the masked patches only (the loss reads no other)
+        select = torch.cat(masks[:patch_views])
+        features, patches = self.backbone.forward_views(views, masks=masks, mask_token=self.mask_token.weight[0],
+                                                        patch_views=patch_views, patch_select=select)
+        logits = self.head(torch.cat([features, patches]))  # one head call: the head works row by row
+        return logits[: len(features)], features, logits[len(features) :]
+
+    def _teacher_patches(self, views: list[torch.Tensor], patch_views: int, patch_select: torch.Tensor | None):
+        features, patches = self.backbone.forward_views(views, patch_views=patch_views)
+        n_cls, (n_crops, n_patches) = len(features), patches.shape[:2]
+        if patch_select is None:
+            logits = self.head(torch.cat([features, patches.flatten(0, 1)]))
+            return logits[:n_cls], features, logits[n_cls:].view(n_crops, n_patches, -1)
+        embedded = self.head.embed(torch.cat([features, patches.flatten(0, 1)]))  # the MLP at every row
+        patch_embedded = embedded[n_cls:]
+        read = torch.cat([embedded[:n_cls], patch_embedded[patch_select.flatten()],
+                          patch_embedded.view(n_crops, n_patches, -1).mean(1)])
+        logits = self.head.last_layer(read)  # the out_dim product: CLS, selected patches, one mean row per crop
+        n_selected = len(read) - n_cls - n_crops
+        return logits[:n_cls], features, logits[n_cls : n_cls + n_selected], logits[n_cls + n_selected :]
