@@ -115,6 +115,9 @@ class LossConfig:
     ibot_mask_prob: float = 0.5
     ibot_mask_ratio: list = field(default_factory=lambda: [0.1, 0.5])
     ibot_teacher_temp: float = 0.07
+    # How the teacher's targets are centred, CLS and patch alike: "centering" (DINO's running centre, EMA with
+    # center_momentum) | "sinkhorn_knopp" (DINOv2's 3 Sinkhorn-Knopp iterations over the batch; kernels/sinkhorn.py)
+    centering: str = "centering"
     ema_buffers: str = "none"  # teacher float buffers (BatchNorm statistics): none (DINO: its own) | copy | average
     backend: str = "auto"  # auto | triton | torch | reference (fastdino.kernels backends)
 
@@ -544,6 +547,7 @@ _CHOICES = {
     "optim.name": ("adamw", "sgd"),
     "optim.clip_mode": ("per_param", "global_norm"),
     "loss.ema_buffers": ("none", "copy", "average"),
+    "loss.centering": ("centering", "sinkhorn_knopp"),
     "loss.backend": ("auto", "triton", "torch", "reference"),
     "run.precision": ("auto", "bf16", "fp16", "fp32"),
     "model.pos_embed_interp": ("timm", "dino"),

@@ -20,6 +20,8 @@ Values from the original (bytedance/ibot), cited by function and argument:
   of all global crops on all ranks (fastdino's teacher gives that mean as the head's last layer at the mean
   normalised bottleneck: the layer is linear, so it is the same number, without the out_dim product at the
   patches no loss reads);
+- `centering="sinkhorn_knopp"` (DINOv2's alternative, dinov2/loss/ibot_patch_loss.py): the targets come from
+  Sinkhorn-Knopp over the masked rows of all ranks instead of the running centre (kernels/sinkhorn.py);
 - the head: shared with the CLS tokens (`--shared_head true` in the ViT-S/16 command), so patch logits have
   the CLS head's out_dim.
 """
@@ -30,6 +32,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+
+from fastdino.kernels.loss import CENTERINGS
+from fastdino.kernels.sinkhorn import sinkhorn_knopp_centre
 
 
 class MaskToken(nn.Module):
@@ -64,15 +69,22 @@ class IBOTPatchLoss(nn.Module):
     masked rows and the means from the teacher's wrapper (`patch_select`), which skips the head's last layer at the
     unmasked patches; the same numbers (tests/test_ibot.py)."""
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 centering: str = "centering"):
         super().__init__()
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
         self.student_temp = student_temp
         self.center_momentum = center_momentum
+        self.centering = centering
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(self, student_patch_logits: torch.Tensor, teacher_patch_logits: torch.Tensor, masks: torch.Tensor,
                 teacher_temp: float, teacher_patch_mean: torch.Tensor) -> torch.Tensor:
-        targets = F.softmax((teacher_patch_logits.float() - self.center) / teacher_temp, dim=-1)
+        sinkhorn = self.centering == "sinkhorn_knopp"
+        # DINOv2 (ibot_patch_loss.py, `sinkhorn_knopp_teacher`): over the masked rows of all ranks, no running centre
+        center = sinkhorn_knopp_centre(teacher_patch_logits, teacher_temp) if sinkhorn else self.center
+        targets = F.softmax((teacher_patch_logits.float() - center) / teacher_temp, dim=-1)
         log_p = F.log_softmax(student_patch_logits.float() / self.student_temp, dim=-1)
         per_patch = -(targets * log_p).sum(-1)  # [M]
         # per crop: the mean over its masked patches; then the mean over all N crops (unmasked ones add 0).
@@ -81,7 +93,8 @@ class IBOTPatchLoss(nn.Module):
         weights = torch.repeat_interleave(1.0 / count.clamp(min=1).to(per_patch.dtype), count,
                                           output_size=len(per_patch))
         loss = (per_patch * weights).sum() / masks.shape[0]
-        self.update_center(teacher_patch_mean)
+        if not sinkhorn:
+            self.update_center(teacher_patch_mean)
         return loss
 
     @torch.no_grad()

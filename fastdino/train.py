@@ -199,8 +199,9 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
                           "loss.koleo_weight=0")
     dino_loss = DINOLoss(config.model.out_dim, n_views, lc.warmup_teacher_temp, lc.teacher_temp,
                          lc.warmup_teacher_temp_epochs, config.run.epochs, lc.student_temp, lc.center_momentum,
-                         n_global=n_global, backend="reference" if reference else lc.backend).to(device)
-    ibot_loss = IBOTPatchLoss(config.model.out_dim, lc.student_temp, lc.center_momentum).to(device) \
+                         n_global=n_global, backend="reference" if reference else lc.backend,
+                         centering=lc.centering).to(device)
+    ibot_loss = IBOTPatchLoss(config.model.out_dim, lc.student_temp, lc.center_momentum, lc.centering).to(device) \
         if lc.ibot_weight else None
     ibot_temps = teacher_temp_schedule(lc.warmup_teacher_temp, lc.ibot_teacher_temp, lc.warmup_teacher_temp_epochs,
                                        config.run.epochs)

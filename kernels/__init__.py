@@ -11,7 +11,8 @@ copied into other DINO code under any package name.
 
 from .ema import FlatEMA
 from .loss import DINOLoss, dino_loss
-from .reference import reference_center_update, reference_dino_loss, reference_ema_update
+from .reference import reference_center_update, reference_dino_loss, reference_ema_update, reference_sinkhorn_knopp
+from .sinkhorn import sinkhorn_knopp_centre
 from .utils import resolve_backend
 
 __all__ = [
@@ -21,5 +22,7 @@ __all__ = [
     "reference_dino_loss",
     "reference_center_update",
     "reference_ema_update",
+    "reference_sinkhorn_knopp",
+    "sinkhorn_knopp_centre",
     "resolve_backend",
 ]

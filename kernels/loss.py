@@ -69,7 +69,10 @@ import triton.language as tl
 from torch import nn
 
 from .reference import reference_dino_loss
+from .sinkhorn import sinkhorn_knopp_centre
 from .utils import BACKENDS, calculate_settings, resolve_backend
+
+CENTERINGS = ("centering", "sinkhorn_knopp")  # DINOv2's names (train.centering, ssl_default_config.yaml)
 
 # Slots of the per-(image, split) statistics written by pass 1, each a vector over the rows of one kind.
 _TEACHER_MAX = tl.constexpr(0)  # running max of (T_g - c) / tau_t
@@ -771,7 +774,7 @@ class DINOLoss(nn.Module):
     def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float, teacher_temp: float,
                  warmup_teacher_temp_epochs: int, nepochs: int, student_temp: float = 0.1,
                  center_momentum: float = 0.9, *, n_global: int | None = None, teacher_crops_number: int | None = None,
-                 backend: str = "auto", inplace: bool = True):
+                 backend: str = "auto", inplace: bool = True, centering: str = "centering"):
         super().__init__()
         n_global = _resolve_n_global(n_global, teacher_crops_number)
         _check_views(ncrops, n_global)
@@ -787,7 +790,9 @@ class DINOLoss(nn.Module):
         self.ncrops, self.n_global = ncrops, n_global
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend, self.inplace = backend, inplace
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
+        self.backend, self.inplace, self.centering = backend, inplace, centering
         self.register_buffer("center", torch.zeros(1, out_dim))
         # One value per epoch: linear warm-up, then constant (as in DINO).
         self.teacher_temp_schedule = teacher_temp_schedule(warmup_teacher_temp, teacher_temp,
@@ -801,11 +806,17 @@ class DINOLoss(nn.Module):
         return float(self.teacher_temp_schedule[epoch])
 
     def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: int) -> torch.Tensor:
+        teacher_temp = self.teacher_temp(epoch)
+        sinkhorn = self.centering == "sinkhorn_knopp"
+        # DINOv2's Sinkhorn-Knopp targets are a softmax around a per-batch centre (kernels/sinkhorn.py); the
+        # running centre then stays as it is, as in DINOv2.
+        center = sinkhorn_knopp_centre(teacher_output, teacher_temp) if sinkhorn else self.center
         colsum = torch.empty(teacher_output.shape[-1], dtype=torch.float32, device=teacher_output.device)
-        loss = _dino_loss(student_output, teacher_output, self.center, colsum, ncrops=self.ncrops,
+        loss = _dino_loss(student_output, teacher_output, center, colsum, ncrops=self.ncrops,
                           n_global=self.n_global, student_temp=self.student_temp,
-                          teacher_temp=self.teacher_temp(epoch), backend=self.backend, inplace=self.inplace)
-        self._update_center_from_sum(colsum, teacher_output.shape[0])
+                          teacher_temp=teacher_temp, backend=self.backend, inplace=self.inplace)
+        if not sinkhorn:
+            self._update_center_from_sum(colsum, teacher_output.shape[0])
         return loss
 
     @torch.no_grad()
@@ -824,4 +835,5 @@ class DINOLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"out_dim={self.center.shape[1]}, ncrops={self.ncrops}, n_global={self.n_global}, "
-                f"student_temp={self.student_temp}, center_momentum={self.center_momentum}, backend={self.backend!r}")
+                f"student_temp={self.student_temp}, center_momentum={self.center_momentum}, backend={self.backend!r}, "
+                f"centering={self.centering!r}")

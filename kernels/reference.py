@@ -56,6 +56,34 @@ def reference_center_update(center: torch.Tensor, teacher_output: torch.Tensor, 
     return center * momentum + batch_center.reshape(center.shape) * (1 - momentum)
 
 
+@torch.no_grad()
+def reference_sinkhorn_knopp(teacher_output: torch.Tensor, teacher_temp: float, n_iterations: int = 3,
+                             n_rows: int | None = None) -> torch.Tensor:
+    """DINOv2's Sinkhorn-Knopp teacher targets [B, K], as its loop computes them (dinov2/loss/dino_clstoken_loss.py,
+    `sinkhorn_knopp_teacher`): Q = exp(t / T) as K x B, normalised to sum 1; then n_iterations times every
+    prototype (row of Q) to mass 1/K over the batch of all ranks and every sample (column) to mass 1/B; finally
+    x B, so each sample's targets sum to 1. n_rows: B over all ranks (default: this rank's rows x world size;
+    iBOT's patch version passes the all-reduced count of masked patches)."""
+    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    q = torch.exp(teacher_output.float() / teacher_temp).t()
+    n_samples = n_rows if n_rows is not None else q.shape[1] * world_size
+    n_prototypes = q.shape[0]
+    total = q.sum()
+    if world_size > 1:
+        dist.all_reduce(total)
+    q /= total
+    for _ in range(n_iterations):
+        prototype_mass = q.sum(dim=1, keepdim=True)
+        if world_size > 1:
+            dist.all_reduce(prototype_mass)
+        q /= prototype_mass
+        q /= n_prototypes
+        q /= q.sum(dim=0, keepdim=True)
+        q /= n_samples
+    q *= n_samples
+    return q.t()
+
+
 EMA_BUFFERS = ("none", "copy", "average")
 
 
