@@ -38,21 +38,23 @@ def sinkhorn_knopp_centre(teacher_logits: torch.Tensor, teacher_temp: float,
         raise ValueError(f"sinkhorn_knopp_centre expects teacher logits [rows, K], got {tuple(teacher_logits.shape)}")
     if not teacher_temp > 0:
         raise ValueError(f"teacher_temp must be > 0, got {teacher_temp}")
-    scores = teacher_logits.float() / teacher_temp
-    # Each prototype shifted by its maximum over all rows: a factor per prototype, which the first prototype
-    # normalisation removes, so the iterations are DINOv2's; but exp() neither overflows nor leaves a prototype
-    # with zero mass. (A shift per row would change the result: the iterations stop before convergence.)
-    shift = scores.amax(0) if len(scores) else scores.new_full(scores.shape[1:], float("-inf"))
+    logits = teacher_logits.float()
+    # exp((t - m) / T) with m each prototype's maximum over all rows: a factor per prototype, which the first
+    # prototype normalisation removes, so the iterations are DINOv2's; but exp() neither overflows nor leaves a
+    # prototype without mass. (A shift per row would change the result: the iterations stop before convergence.)
+    shift = logits.amax(0) if len(logits) else logits.new_full(logits.shape[1:], float("-inf"))
     shift = _all_reduce(shift, maximum=True)
     shift = torch.where(torch.isfinite(shift), shift, 0.0)  # no rows on any rank: a centre nothing reads
-    q = torch.exp(scores - shift)
-    log_u = -shift
+    q = (logits - shift).div_(teacher_temp).exp_()  # [B, K]
+    # The iterates are q[b, k] x u[k] x v[b]: each normalisation only updates a scale vector, one matrix-vector
+    # product over q (read-only), instead of rescaling the whole matrix in place as DINOv2's loop does.
     tiny = torch.finfo(torch.float32).tiny
+    row_scale = torch.ones(len(q), dtype=q.dtype, device=q.device)
     for _ in range(n_iterations):
-        prototype_mass = _all_reduce(q.sum(0)).clamp_(min=tiny)  # DINOv2's sum_of_rows (Q is K x B there)
-        q /= prototype_mass
-        log_u -= prototype_mass.log()
-        q /= q.sum(1, keepdim=True).clamp_(min=tiny)  # each row to mass 1: the row factor cancels in the softmax
-    # DINOv2's constant factors (1 / sum, 1 / K, 1 / B, x B) are the same for every prototype: they cancel too.
-    centre = -teacher_temp * log_u
+        prototype_mass = _all_reduce(row_scale @ q).clamp_(min=tiny)  # DINOv2's sum_of_rows (Q is K x B there)
+        prototype_scale = prototype_mass.reciprocal()
+        row_scale = (q @ prototype_scale).clamp_(min=tiny).reciprocal_()  # each row to mass 1
+    # The targets are softmax((t - m) / T + log u) = softmax((t - c) / T) with c = m - T log u; DINOv2's constant
+    # factors (1 / sum, 1 / K, 1 / B, x B) are the same for every prototype and cancel, like the row scales.
+    centre = shift - teacher_temp * prototype_scale.log() if n_iterations else shift
     return (centre - centre.max()).view(1, -1)  # any constant shift is the same centre; keep the numbers small
