@@ -10,6 +10,7 @@ fastdino/finetune/data_bigearthnet.py and data_oscd.py.
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,22 @@ _LIFT = {"Sea and ocean": "B02", "Coniferous forest": "B03", "Non-irrigated arab
 def write_band(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array.astype(np.uint16)).save(path)
+    return path
+
+
+def write_planar_band(path: Path, array: np.ndarray) -> Path:
+    """A one-band uint16 TIFF tagged PlanarConfiguration=2 (separate planes), as some GeoTIFF writers tag their
+    band files. Written by hand: tifffile and PIL leave the tag out for one sample, and PIL cannot read it back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = array.shape
+    pixels = np.ascontiguousarray(array, dtype="<u2").tobytes()
+    short, long = 3, 4  # TIFF field types
+    tags = [(256, short, width), (257, short, height), (258, short, 16), (259, short, 1), (262, short, 1),
+            (273, long, 8), (277, short, 1), (278, short, height), (279, long, len(pixels)), (284, short, 2)]
+    entries = b"".join(struct.pack("<HHII", tag, kind, 1, value) if kind == long else
+                       struct.pack("<HHIHH", tag, kind, 1, value, 0) for tag, kind, value in tags)
+    ifd = struct.pack("<H", len(tags)) + entries + struct.pack("<I", 0)
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8 + len(pixels)) + pixels + ifd)
     return path
 
 

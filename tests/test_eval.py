@@ -201,3 +201,18 @@ def test_checkpoint_of_another_architecture_names_the_arch(tmp_path, capsys):
     assert main(["eval", "knn", "--checkpoint", str(ckpt), "--data", str(data)]) == 2
     err = capsys.readouterr().err
     assert "'vit_small'" in err and "another architecture" in err
+
+
+def test_an_empty_split_is_refused_before_the_checkpoint_is_read(tmp_path, capsys, monkeypatch):
+    import fastdino.convert
+
+    def never(*args, **kwargs):
+        raise AssertionError("the checkpoint was read before the split was checked")
+
+    monkeypatch.setattr(fastdino.convert, "load_backbone", never)
+    data = make_image_folder(tmp_path / "data", per_class=1, size=32)  # one image a class: nothing left to test on
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert main(["eval", "knn", "--checkpoint", str(ckpt), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "the test split is empty" in err and "3 classes of 1 image each" in err
+    assert not ckpt.parent.exists()

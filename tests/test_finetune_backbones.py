@@ -154,8 +154,8 @@ def test_multilabel_with_a_multispectral_backbone(tmp_path, capsys):
     assert main([*args, "--overwrite", "--normalize", "none"]) == 2
     assert "--normalize none: the backbone is multispectral (4 bands)" in capsys.readouterr().err
     ckpt13 = make_ms_checkpoint(tmp_path / "run13", ["B4", "B3", "B2", "B10"], [800.0] * 4, [400.0] * 4)
-    assert main([*args, "--overwrite", "--checkpoint", str(ckpt13)]) == 2
-    assert "no band file for ['B10']" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--checkpoint", str(ckpt13)]) == 2  # refused when the split is read
+    assert "No patch has B10: the backbone reads bands these patches do not hold" in capsys.readouterr().err
 
 
 def test_change_with_a_multispectral_backbone(tmp_path, capsys):

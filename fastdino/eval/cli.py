@@ -26,6 +26,7 @@ from fastdino.config import backbone_kwargs
 from .features import EvalTransform, ImageDataset, extract_features
 from .knn import knn_accuracy
 from .linear import linear_probe_accuracy
+from .split_lists import read_image_list
 from .teacher import random_init_like
 
 # How each linear protocol is named in every table and JSON (the paper's 94.09 is DINO's protocol).
@@ -102,6 +103,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     """Everything `fastdino eval` does, returning the result dict that is printed and saved."""
     from fastdino.convert import load_backbone
 
+    split = load_split(args.data, args.train_list, args.test_list)  # a bad split fails before the model is read
     loaded = load_backbone(args.checkpoint, which=getattr(args, "checkpoint_key", "teacher"),
                            arch=getattr(args, "arch", None), patch_size=getattr(args, "patch_size", None),
                            pos_embed_interp=getattr(args, "pos_embed", None))
@@ -112,7 +114,6 @@ def evaluate(args: argparse.Namespace) -> dict:
     if getattr(args, "file_bands", None):  # multispectral: the band order of the evaluated files
         config.setdefault("data", {})["file_bands"] = args.file_bands
     transform = EvalTransform.from_config(config, args.image_size, args.data)
-    split = load_split(args.data, args.train_list, args.test_list)
     print(split["note"])
     protocol = getattr(args, "protocol", None) if args.task == "linear" else None
     if protocol == "dino":
@@ -225,6 +226,10 @@ def load_split(root: Path, train_list: Path | None, test_list: Path | None) -> d
         }
     source = _labelled_source(build_source, root, None)
     train_idx, test_idx = stratified_split(source.labels, SPLIT_TEST_FRACTION, SPLIT_SEED)
+    if not test_idx:  # stratified_split keeps a class of one image in train: one image a class leaves no test
+        raise ValueError(f"--data {root}: the test split is empty ({len(source.classes)} classes of 1 image each; "
+                         f"the deterministic split puts a class's only image in train). Give each class at least 2 "
+                         f"images, or pass --train-list and --test-list")
     return {
         "train_paths": [source.paths[i] for i in train_idx], "train_labels": [source.labels[i] for i in train_idx],
         "test_paths": [source.paths[i] for i in test_idx], "test_labels": [source.labels[i] for i in test_idx],
@@ -236,7 +241,7 @@ def load_split(root: Path, train_list: Path | None, test_list: Path | None) -> d
 
 
 def _labelled_source(build_source, root: Path, list_file: Path | None):
-    source = build_source(root, list_file=list_file, layout="list" if list_file else "folder")
+    source = read_image_list(root, list_file) if list_file else build_source(root, layout="folder")
     if source.labels is None:
         where = f"list file {list_file}" if list_file else f"--data {root}"
         raise ValueError(f"{where} gives no labels: evaluation needs class folders, ROOT/<class>/<image>")

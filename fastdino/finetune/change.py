@@ -36,6 +36,7 @@ from .data_oscd import (
     find_layout,
     read_city,
     read_city_list,
+    split_cities,
     tile_origins,
     to_tensor,
 )
@@ -76,29 +77,27 @@ def read_cities(args, bands=None) -> tuple[dict[str, list[City]], dict[str, str]
     """{split: cities} read and checked up front (missing masks, mismatched pairs), and where each came from.
     bands: a multispectral backbone's bands (None: RGB)."""
     layout = find_layout(args.data, args.train_labels, args.test_labels, args.train_list, args.test_list)
-    train_names = read_city_list(layout.lists["train"])
-    names = {"train": train_names}
+    train_names, train_where = split_cities(layout, "train")
+    names, where = {"train": train_names}, {"train_list": train_where}
     if args.val_list is not None:
         val_names = read_city_list(args.val_list)
         unknown = sorted(set(val_names) - set(train_names))
         if unknown:
             raise ValueError(f"--val-list {args.val_list}: {unknown} are not train cities (validation cities are "
-                             f"held out of {layout.lists['train']}, with their train labels)")
+                             f"held out of {train_where}, with their train labels)")
         names["train"] = [n for n in train_names if n not in set(val_names)]
         names["val"] = val_names
         if not names["train"]:
             raise ValueError(f"--val-list {args.val_list} holds out every train city")
-    if "test" in layout.lists:
+    test = split_cities(layout, "test")
+    if test is not None:
         if "test" not in layout.labels:
-            raise FileNotFoundError(f"test cities listed in {layout.lists['test']} but no test labels folder: "
-                                    f"pass --test-labels")
-        names["test"] = read_city_list(layout.lists["test"])
-        common.check_disjoint({"train": (train_names, str(layout.lists["train"])),
-                               "test": (names["test"], str(layout.lists["test"]))}, "city")
+            raise FileNotFoundError(f"test cities listed in {test[1]} but no test labels folder: pass --test-labels")
+        names["test"], where["test_list"] = test
+        common.check_disjoint({"train": (train_names, train_where), "test": test}, "city")
     cities = {split: [read_city(layout.images, layout.labels["test" if split == "test" else "train"], n, args.source,
                                 bands) for n in city_names] for split, city_names in names.items()}
-    where = {"images": str(layout.images), **{f"{k}_labels": str(v) for k, v in layout.labels.items()},
-             **{f"{k}_list": str(v) for k, v in layout.lists.items()}}
+    where = {"images": str(layout.images), **{f"{k}_labels": str(v) for k, v in layout.labels.items()}, **where}
     return cities, where
 
 
@@ -108,12 +107,14 @@ def finetune(args: argparse.Namespace) -> dict:
     recipe["lr"] = recipe["base_lr"]
     recipe["tile_size"] = recipe.pop("img_size")
     layout = find_layout(args.data, args.train_labels, args.test_labels, args.train_list, args.test_list)
-    recipe.update(train_list=str(layout.lists["train"]), source=str(args.checkpoint),
+    train_list = layout.lists.get("train")  # None: the cities of the train labels folder
+    recipe.update(train_list=str(train_list) if train_list else None, source=str(args.checkpoint),
                   random_init=bool(args.random_init), source_images=args.source)
     resume_from = common.check_output(args.output, resume=args.resume, overwrite=args.overwrite)
     saved, recipe = common.load_resume(resume_from, recipe, TASK)
     # A resumed run reads the saved run's train cities and images, whatever this command line says.
-    args = argparse.Namespace(**{**vars(args), "train_list": Path(recipe["train_list"]),
+    saved_list = Path(recipe["train_list"]) if recipe["train_list"] else None
+    args = argparse.Namespace(**{**vars(args), "train_list": saved_list,
                                  "source": recipe.get("source_images", args.source)})
     device = common.resolve_device(args.device)
     common.seed_everything(recipe["seed"])
@@ -132,16 +133,6 @@ def finetune(args: argparse.Namespace) -> dict:
     tile = recipe["tile_size"]
     train_set = ChangeTiles(cities["train"], tile, augment=True, mean=mean, std=std)
     notes = {split: [c.name for c in cs] for split, cs in cities.items()}
-    if resume_from is None:
-        common.create_output(args.output, overwrite=args.overwrite)
-    common.write_json(Path(args.output) / "config.json", {"task": TASK, **recipe, "cities": notes, **where,
-                                                          "source_images": args.source, "model": loaded.arch,
-                                                          "bands": loaded.bands})
-    inputs = f"bands {', '.join(loaded.bands)}" if loaded.bands else "RGB"
-    print(f"{TASK}: {loaded.arch} ({loaded.state}), {inputs}, encoder "
-          f"{'trained' if recipe['train_backbone'] else 'frozen'}; {len(cities['train'])} train cities, "
-          f"{len(train_set)} tiles of {tile} px; {recipe['epochs']} epochs, batch {recipe['batch_size']}, Adam lr "
-          f"{recipe['lr']:g}, device {device}")
     train_loader = common.make_loader(train_set, recipe["batch_size"], args.num_workers, shuffle=True,
                                       seed=recipe["seed"], drop_last=len(train_set) >= recipe["batch_size"])
     criterion = nn.BCEWithLogitsLoss()
@@ -154,13 +145,23 @@ def finetune(args: argparse.Namespace) -> dict:
         scores = evaluate(model, cities["val"], tile, recipe["batch_size"], device, mean, std)[0]
         return {f"val_{k}": scores[k] for k in ("precision", "recall", "f1", "iou")}
 
-    train_seconds = common.fit(model, train_loader, optimizer, scheduler, loss_of, task=TASK, recipe=recipe,
-                               output=args.output, history=history, start_epoch=start_epoch, device=device,
-                               validate=validate if "val" in cities else None, val_every=args.val_every,
-                               log_every=args.log_every)
+    with common.new_run_folder(args.output, fresh=resume_from is None, overwrite=args.overwrite):
+        common.write_json(Path(args.output) / "config.json", {"task": TASK, **recipe, "cities": notes, **where,
+                                                              "source_images": args.source, "model": loaded.arch,
+                                                              "bands": loaded.bands})
+        inputs = f"bands {', '.join(loaded.bands)}" if loaded.bands else "RGB"
+        print(f"{TASK}: {loaded.arch} ({loaded.state}), {inputs}, encoder "
+              f"{'trained' if recipe['train_backbone'] else 'frozen'}; {len(cities['train'])} train cities, "
+              f"{len(train_set)} tiles of {tile} px; {recipe['epochs']} epochs, batch {recipe['batch_size']}, Adam lr "
+              f"{recipe['lr']:g}, device {device}")
+        train_seconds = common.fit(model, train_loader, optimizer, scheduler, loss_of, task=TASK, recipe=recipe,
+                                   output=args.output, history=history, start_epoch=start_epoch, device=device,
+                                   validate=validate if "val" in cities else None, val_every=args.val_every,
+                                   log_every=args.log_every)
     scored = "test" if "test" in cities else "val" if "val" in cities else None
     if scored is None:
-        raise ValueError("nothing to score: give test cities (--test-list or Images/test.txt)")
+        raise ValueError("nothing to score: give test cities (--test-list, Images/test.txt or a test labels "
+                         "folder)")
     scores, per_city, maps = evaluate(model, cities[scored], tile, recipe["batch_size"], device, mean, std)
     if loaded.bands:
         recipe = {**recipe, "normalize": "checkpoint"}  # multispectral: always the per-band statistics

@@ -113,15 +113,6 @@ def finetune(args: argparse.Namespace) -> dict:
         size, mean, std, multispectral), load), recipe["batch_size"], args.num_workers, shuffle=name == "train",
         seed=recipe["seed"]) for name, split in splits.items()}
     common.check_readable({name: loader.dataset for name, loader in loaders.items()})
-    if resume_from is None:
-        common.create_output(args.output, overwrite=args.overwrite)
-    common.write_json(Path(args.output) / "config.json", {"task": TASK, **recipe, "classes": classes,
-                                                          "data": str(args.data), "model": loaded.arch,
-                                                          "bands": loaded.bands})
-    print(f"{TASK}: {loaded.arch} ({loaded.state}), {len(classes)} classes, {len(splits['train'].paths)} train "
-          f"images; {recipe['epochs']} epochs, batch {recipe['batch_size']}, SGD lr {recipe['lr']:.3g} "
-          f"(= {recipe['base_lr']:g} x {recipe['batch_size']}/256), {size} px, device {device}")
-
     def loss_of(model, batch, device):
         images, labels = batch
         return nn.functional.cross_entropy(model(images.to(device)), labels.to(device)), len(labels)
@@ -130,10 +121,17 @@ def finetune(args: argparse.Namespace) -> dict:
         scores, labels = predict(model, loaders["val"], device)
         return {"val_top1": topk_accuracy(scores, labels, 1), "val_top5": topk_accuracy(scores, labels, 5)}
 
-    train_seconds = common.fit(model, loaders["train"], optimizer, scheduler, loss_of, task=TASK, recipe=recipe,
-                               output=args.output, history=history, start_epoch=start_epoch, device=device,
-                               validate=validate if "val" in loaders else None, val_every=args.val_every,
-                               log_every=args.log_every, extra={"classes": classes})
+    with common.new_run_folder(args.output, fresh=resume_from is None, overwrite=args.overwrite):
+        common.write_json(Path(args.output) / "config.json", {"task": TASK, **recipe, "classes": classes,
+                                                              "data": str(args.data), "model": loaded.arch,
+                                                              "bands": loaded.bands})
+        print(f"{TASK}: {loaded.arch} ({loaded.state}), {len(classes)} classes, {len(splits['train'].paths)} train "
+              f"images; {recipe['epochs']} epochs, batch {recipe['batch_size']}, SGD lr {recipe['lr']:.3g} "
+              f"(= {recipe['base_lr']:g} x {recipe['batch_size']}/256), {size} px, device {device}")
+        train_seconds = common.fit(model, loaders["train"], optimizer, scheduler, loss_of, task=TASK, recipe=recipe,
+                                   output=args.output, history=history, start_epoch=start_epoch, device=device,
+                                   validate=validate if "val" in loaders else None, val_every=args.val_every,
+                                   log_every=args.log_every, extra={"classes": classes})
 
     scored = "test" if "test" in loaders else "val" if "val" in loaders else None
     if scored is None:

@@ -3,11 +3,13 @@ atomic checkpoints and resume, the results files and the printed table.
 
 Run folder (--output):  config.json (the resolved recipe), metrics.jsonl (one record per epoch),
                         checkpoints/last.pt (written atomically after every epoch), metrics.json (the final
-                        scores) and the task's picture.
+                        scores) and the task's picture. A new run that fails before its first checkpoint leaves
+                        no run folder behind (new_run_folder).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -70,6 +72,46 @@ def create_output(output: Path, *, overwrite: bool) -> None:
         shutil.rmtree(output / "checkpoints", ignore_errors=True)
         (output / "metrics.jsonl").unlink(missing_ok=True)
     output.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def new_run_folder(output: Path, *, fresh: bool, overwrite: bool):
+    """The run folder around the start of a run. A fresh run's folder is created here (create_output); if the run
+    fails before it wrote its first checkpoint, what it created is removed again, so the rerun needs no
+    --overwrite. A folder that existed before the run stays, with whatever was in it then; a resumed run (fresh
+    False) is never touched."""
+    if not fresh:
+        yield
+        return
+    output = Path(output)
+    created = topmost_missing(output)
+    existing = set() if created is not None else set(output.iterdir())
+    create_output(output, overwrite=overwrite)
+    try:
+        yield
+    except BaseException:
+        if not (output / "checkpoints" / LAST).is_file():  # nothing to resume: the folder is of no use
+            remove_created(output, created, existing)
+        raise
+
+
+def topmost_missing(path: Path) -> Path | None:
+    """The outermost folder that `mkdir(parents=True)` of `path` would create (None: `path` exists)."""
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def remove_created(output: Path, created: Path | None, existing: set[Path]) -> None:
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for entry in set(output.iterdir()) - existing:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def load_resume(resume_from: Path | None, recipe: dict, task: str) -> tuple[dict | None, dict]:

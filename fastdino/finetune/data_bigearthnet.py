@@ -34,12 +34,15 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from fastdino.dataloading.multispectral import canonical_band, read_band_files
 
 from .rasters import read_band, resize_bands, stretch_to_uint8
 
@@ -108,6 +111,33 @@ def band_path(patch_dir: Path, band: str) -> Path:
     return patch_dir / f"{patch_dir.name}_{band}.tif"
 
 
+def file_band(band: str) -> str:
+    """A band as BigEarthNet names its file: B4 or B04 -> B04, B8A -> B8A."""
+    band = canonical_band(band)
+    return band if band.endswith("A") else f"B{int(band[1:]):02d}"
+
+
+def missing_band_files(patch_dir: Path, bands: tuple[str, ...]) -> list[str]:
+    """The names of the patch's band files for `bands` (BigEarthNet's B04 form) that are not in its folder: one
+    listing of the folder, not one stat per band."""
+    present = set(os.listdir(patch_dir))
+    return [band_path(patch_dir, b).name for b in bands if band_path(patch_dir, b).name not in present]
+
+
+def missing_bands_error(list_file: Path, missing: dict[Path, list[str]], n_patches: int,
+                        bands: tuple[str, ...]) -> FileNotFoundError:
+    shown = "; ".join(f"{patch} has no {', '.join(files)}" for patch, files in list(missing.items())[:3])
+    more = f"; and {len(missing) - 3} more" if len(missing) > 3 else ""
+    absent = [b for b in bands if all(any(f.endswith(f"_{b}.tif") for f in files) for files in missing.values())]
+    if len(missing) == n_patches and absent:  # a band of the backbone that the data set does not hold
+        fix = (f"no patch has {', '.join(absent)}: the backbone reads bands these patches do not hold (BigEarthNet "
+               f"v1 has every Sentinel-2 band but B10); fine-tune a backbone pretrained without them")
+    else:
+        fix = "restore them from the archive, or leave those patches out of the list"
+    return FileNotFoundError(f"{list_file}: {len(missing)} of {n_patches} patches lack band files the run reads "
+                             f"({', '.join(bands)}): {shown}{more}. {fix[0].upper()}{fix[1:]}")
+
+
 def multi_hot_19(names: list[str], where: Path) -> np.ndarray:
     """The 19-class multi-hot vector of a patch's CORINE names; an unknown name is an error naming `where`."""
     target = np.zeros(len(LABELS_19), dtype=np.float32)
@@ -167,18 +197,27 @@ class BigEarthNetSplit:
     unlabelled: int  # patches none of whose labels is in the 19-class nomenclature
 
     @classmethod
-    def read(cls, root: Path, list_file: Path, *, exclude: set[str] | None = None) -> BigEarthNetSplit:
+    def read(cls, root: Path, list_file: Path, *, exclude: set[str] | None = None,
+             bands=RGB_BANDS) -> BigEarthNetSplit:
+        """The split's patches, each checked now: its folder, its label file and the files of `bands` (the bands
+        the run reads; a missing one would otherwise fail a DataLoader worker mid-epoch)."""
         root = Path(root)
+        bands = tuple(file_band(b) for b in bands)
         names = read_split_list(list_file)
         exclude = exclude if exclude is not None else bad_patches(root)
         kept = [n for n in names if n not in exclude]
-        patches, targets = [], []
+        patches, targets, missing = [], [], {}
         for lineno, name in enumerate(kept, 1):
             patch = root / name
             if not patch.is_dir():
                 raise FileNotFoundError(f"{list_file} entry {lineno}: patch folder {patch} does not exist")
             patches.append(patch)
             targets.append(read_labels(patch))
+            lacking = missing_band_files(patch, bands)
+            if lacking:
+                missing[patch] = lacking
+        if missing:
+            raise missing_bands_error(list_file, missing, len(kept), bands)
         targets = np.stack(targets) if targets else np.zeros((0, len(LABELS_19)), np.float32)
         return cls(patches, targets, len(names) - len(kept), int((targets.sum(1) == 0).sum()))
 
@@ -208,8 +247,6 @@ def read_rgb(patch_dir: Path) -> np.ndarray:
 
 def read_bands(patch_dir: Path, bands) -> np.ndarray:
     """A multispectral backbone's bands of one patch, [H, W, len(bands)] on the 10 m grid, in the files' dtype."""
-    from fastdino.dataloading.multispectral import canonical_band, read_band_files
-
     prefix = f"{patch_dir.name}_"
     files = {}
     for path in patch_dir.glob(f"{prefix}B*.tif"):

@@ -1,7 +1,8 @@
 """Labelled image splits and the transforms of single-label fine-tuning (DINO-MC main_eurosat.py).
 
 Splits: list files (one path per line relative to --data, the class = the first path component, EuroSAT's
-train/val/test.txt), or DINO-MC's layout of ImageFolders `<data>/train/<class>/...`, `<data>/val/<class>/...`
+train/val/test.txt; or bare file names such as torchgeo's eurosat-train.txt, found under --data:
+fastdino.eval.split_lists), or DINO-MC's layout of ImageFolders `<data>/train/<class>/...`, `<data>/val/<class>/...`
 (main_eurosat.py L63, L90) plus an optional `<data>/test/`. Class indices come from the train split; a class in
 val or test that train lacks is an error.
 
@@ -26,6 +27,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from fastdino.eval.features import load_image
+from fastdino.eval.split_lists import read_image_list
 
 SPLITS = ("train", "val", "test")
 
@@ -46,7 +48,7 @@ def read_splits(root: Path, lists: dict[str, Path | None]) -> tuple[dict[str, Sp
     for name in SPLITS:
         list_file = lists.get(name)
         if list_file is not None:
-            sources[name] = (build_source(root, list_file=list_file, layout="list"), str(list_file))
+            sources[name] = (read_image_list(root, list_file), str(list_file))
         elif not any(lists.get(n) for n in SPLITS) and (root / name).is_dir():
             sources[name] = (build_source(root / name, layout="folder"), str(root / name))
     if "train" not in sources:

@@ -73,7 +73,8 @@ class OSCDPaths:
 def find_layout(root: Path, train_labels: Path | None = None, test_labels: Path | None = None,
                 train_list: Path | None = None, test_list: Path | None = None) -> OSCDPaths:
     """The images folder, the label folders and the city lists under `root` (the release's or SeCo's naming);
-    explicit paths win. Errors say which of them is missing and where it was looked for."""
+    explicit paths win. A split without a city list takes the cities of its labels folder (split_cities). Errors
+    say which of them is missing and where it was looked for."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"--data {root} is not a folder")
@@ -86,12 +87,29 @@ def find_layout(root: Path, train_labels: Path | None = None, test_labels: Path 
         found = given or _first_file(images / f"{split}.txt", root / f"{split}.txt")
         if found is not None:
             lists[split] = Path(found)
-    if "train" not in lists:
-        raise FileNotFoundError(f"no train city list: pass --train-list or put train.txt in {images} or {root}")
     if labels["train"] is None:
+        places = " or ".join(dict.fromkeys(map(str, (images, root))))  # one place when the images are the root
+        listed = f"{lists['train']} lists the train cities" if "train" in lists else (
+            f"no train city list either (train.txt in {places})")
         raise FileNotFoundError(f"no train labels folder under {root} (looked for '{RELEASE}Train Labels' and "
-                                f"train_labels/): pass --train-labels")
+                                f"train_labels/, holding <city>/cm/cm.png): pass --train-labels; {listed}")
     return OSCDPaths(images, {k: Path(v) for k, v in labels.items() if v is not None}, lists)
+
+
+def split_cities(layout: OSCDPaths, split: str) -> tuple[list[str], str] | None:
+    """(the cities of a split, where they come from): its city list, else every city folder of its labels folder,
+    as torchgeo's OSCD lists a split (torchgeo/datasets/oscd.py, `OSCD._load_files`, L148-158 at commit f01211c).
+    None: the split has neither."""
+    if split in layout.lists:
+        return read_city_list(layout.lists[split]), str(layout.lists[split])
+    labels = layout.labels.get(split)
+    if labels is None:
+        return None
+    names = sorted(p.name for p in labels.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    if not names:
+        raise FileNotFoundError(f"no {split}.txt lists the {split} cities, and the {split} labels folder {labels} "
+                                f"holds no city folder (<city>/cm/cm.png): pass --{split}-list")
+    return names, f"{labels} (the cities with labels; no {split}.txt)"
 
 
 def _first_dir(*candidates: Path) -> Path | None:
@@ -135,7 +153,7 @@ def read_date(city_dir: Path, date: int, source: str, bands=None) -> np.ndarray:
         return np.asarray(load_image(path).convert("RGB"))
     folder = city_dir / (f"imgs_{date}" if source == "bands" else f"imgs_{date}_rect")
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
+        raise FileNotFoundError(missing_images_message(city_dir, date, source))
     if bands:
         from fastdino.dataloading.multispectral import read_band_files
 
@@ -145,6 +163,17 @@ def read_date(city_dir: Path, date: int, source: str, bands=None) -> np.ndarray:
     if len(shapes) != 1:
         raise ValueError(f"{folder}: bands {RGB_BANDS} have different sizes {sorted(shapes)}")
     return np.dstack(channels)
+
+
+def missing_images_message(city_dir: Path, date: int, source: str) -> str:
+    """What is missing, and the --source that reads what the city has instead."""
+    folder = "imgs_{}" if source == "bands" else "imgs_{}_rect"
+    others = {"bands": city_dir / f"imgs_{date}", "rect": city_dir / f"imgs_{date}_rect",
+              "png": city_dir / "pair" / f"img{date}.png"}
+    found = [f"{path.relative_to(city_dir).as_posix()} exists: pass --source {name}" for name, path in others.items()
+             if name != source and path.exists()]
+    hint = f"; {', or '.join(found)}" if found else ""
+    return f"image folder {city_dir / folder.format(date)} does not exist (--source {source}){hint}"
 
 
 def _file_band_name(band: str) -> str:

@@ -29,7 +29,7 @@ from fastdino.eval.cli import format_rows
 
 from . import common
 from .classify import build_sgd_finetune
-from .data_bigearthnet import LABELS_19, BigEarthNetDataset, BigEarthNetSplit, bad_patches
+from .data_bigearthnet import LABELS_19, RGB_BANDS, BigEarthNetDataset, BigEarthNetSplit, bad_patches
 from .metrics import multilabel_scores
 
 TASK = "multilabel"
@@ -81,28 +81,21 @@ def finetune(args: argparse.Namespace) -> dict:
     resume_from = common.check_output(args.output, resume=args.resume, overwrite=args.overwrite)
     saved, recipe = common.load_resume(resume_from, recipe, TASK)
     lists["train"] = Path(recipe["train_list"])  # a resumed run trains on its saved list, fraction and seed
-    flagged = bad_patches(Path(args.data))
-    splits = {name: BigEarthNetSplit.read(args.data, path, exclude=flagged) for name, path in lists.items()}
-    common.check_disjoint({name: ([p.name for p in s.patches], str(lists[name])) for name, s in splits.items()},
-                          "patch")
-    splits["train"] = splits["train"].subset(recipe["train_frac"], recipe["seed"])
     device = common.resolve_device(args.device)
     loaded, model, optimizer, scheduler, history, start_epoch = build_sgd_finetune(args, recipe, saved, len(LABELS_19),
                                                                                  device)
+    flagged = bad_patches(Path(args.data))
+    bands = loaded.bands or RGB_BANDS  # every listed patch must have the band files the run reads
+    splits = {name: BigEarthNetSplit.read(args.data, path, exclude=flagged, bands=bands)
+              for name, path in lists.items()}
+    common.check_disjoint({name: ([p.name for p in s.patches], str(lists[name])) for name, s in splits.items()},
+                          "patch")
+    splits["train"] = splits["train"].subset(recipe["train_frac"], recipe["seed"])
     notes = {name: {"patches": len(s.patches), "excluded_flagged": s.excluded, "without_19_class_label": s.unlabelled}
              for name, s in splits.items()}
     mean, std = common.input_normalisation(loaded, recipe["normalize"], args.normalize)
     datasets = {name: BigEarthNetDataset(s, recipe["img_size"], mean, std, loaded.bands) for name, s in splits.items()}
     common.check_readable(datasets)
-    if resume_from is None:
-        common.create_output(args.output, overwrite=args.overwrite)
-    common.write_json(Path(args.output) / "config.json", {"task": TASK, **recipe, "splits": notes,
-                                                          "data": str(args.data), "model": loaded.arch,
-                                                          "bands": loaded.bands})
-    inputs = f"bands {', '.join(loaded.bands)}" if loaded.bands else "RGB"
-    print(f"{TASK}: {loaded.arch} ({loaded.state}), {inputs}; splits {notes}; {recipe['epochs']} epochs, batch "
-          f"{recipe['batch_size']}, SGD lr {recipe['lr']:.3g} (= {recipe['base_lr']:g} x {recipe['batch_size']}/256), "
-          f"{recipe['img_size']} px, device {device}")
     train_loader = common.make_loader(datasets["train"], recipe["batch_size"], args.num_workers, shuffle=True,
                                       seed=recipe["seed"], drop_last=len(datasets["train"]) >= recipe["batch_size"])
     eval_loaders = {name: common.make_loader(d, recipe["batch_size"], args.num_workers, shuffle=False, seed=0)
@@ -118,10 +111,18 @@ def finetune(args: argparse.Namespace) -> dict:
         s = multilabel_scores(targets, scores, recipe["batch_size"])
         return {"val_micro_ap": s["micro_ap"], "val_macro_ap": s["macro_ap"]}
 
-    train_seconds = common.fit(model, train_loader, optimizer, scheduler, loss_of, task=TASK, recipe=recipe,
-                               output=args.output, history=history, start_epoch=start_epoch, device=device,
-                               validate=validate if "val" in eval_loaders else None, val_every=args.val_every,
-                               log_every=args.log_every)
+    with common.new_run_folder(args.output, fresh=resume_from is None, overwrite=args.overwrite):
+        common.write_json(Path(args.output) / "config.json", {"task": TASK, **recipe, "splits": notes,
+                                                              "data": str(args.data), "model": loaded.arch,
+                                                              "bands": loaded.bands})
+        inputs = f"bands {', '.join(loaded.bands)}" if loaded.bands else "RGB"
+        print(f"{TASK}: {loaded.arch} ({loaded.state}), {inputs}; splits {notes}; {recipe['epochs']} epochs, batch "
+              f"{recipe['batch_size']}, SGD lr {recipe['lr']:.3g} (= {recipe['base_lr']:g} x "
+              f"{recipe['batch_size']}/256), {recipe['img_size']} px, device {device}")
+        train_seconds = common.fit(model, train_loader, optimizer, scheduler, loss_of, task=TASK, recipe=recipe,
+                                   output=args.output, history=history, start_epoch=start_epoch, device=device,
+                                   validate=validate if "val" in eval_loaders else None, val_every=args.val_every,
+                                   log_every=args.log_every)
     scored = "test" if "test" in eval_loaders else "val" if "val" in eval_loaders else None
     if scored is None:
         raise ValueError("nothing to score: pass --test-list (and --val-list to choose the recipe)")

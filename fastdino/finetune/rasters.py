@@ -1,7 +1,9 @@
 """Single-band rasters (Sentinel-2 band GeoTIFFs) as numpy arrays, and their stretch to 8 bits.
 
-BigEarthNet and OSCD store each band as its own GeoTIFF (uint16 reflectance). PIL reads these plain,
-single-band TIFFs (mode I;16), so no GDAL/rasterio is needed; the geo-referencing tags are not used.
+BigEarthNet and OSCD store each band as its own GeoTIFF (uint16 reflectance). Every band file, for an RGB or a
+multispectral backbone alike, is read by the pretraining readers' TIFF reader (tifffile:
+fastdino.dataloading.multispectral.read_tiff), which reads either planar layout: PIL fails on a 16-bit band tagged
+PlanarConfiguration=2 ("unknown raw mode for given image mode"). The geo-referencing tags are not used.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+
+from fastdino.dataloading.multispectral import read_tiff
 
 
 def read_band(path: str | Path) -> np.ndarray:
@@ -19,13 +22,12 @@ def read_band(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"band file {path} does not exist")
     try:
-        with Image.open(path) as im:
-            array = np.array(im)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        array = read_tiff(path)
+    except (ValueError, OSError, KeyError) as e:  # tifffile's TiffFileError is a ValueError
         raise ValueError(f"band file {path} does not decode ({type(e).__name__}: {e})") from e
-    if array.ndim != 2:
+    if array.shape[-1] != 1:
         raise ValueError(f"band file {path} has shape {array.shape}; expected one band (H, W)")
-    return array
+    return array[..., 0]
 
 
 def stretch_to_uint8(band: np.ndarray, low: float, high: float) -> np.ndarray:
