@@ -40,8 +40,11 @@ the location drawn with replacement, as the torch pipeline draws them) and each 
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
+from PIL import Image
 
 from .augment import AugmentationSpec, ViewGroup
 from .bands import RGB_BANDS, band_lut
@@ -81,6 +84,7 @@ class _Feeder:
         self.n_dates, self.files_per_image, self.temporal = n_dates, files_per_image, temporal
         self.seed, self.strict = seed, strict
         self.ok: dict[str, bool] = {}
+        self.planar: dict[str, bool] = {}  # file -> whether it is a planar TIFF (checked once)
         self.bad: set[str] = set()
         self.in_flight: dict[int, list] = {}  # batch number -> the items it holds (to find a culprit)
         self.order: list[int] = []
@@ -112,9 +116,27 @@ class _Feeder:
         for k in range(len(self.items)):
             i = (index + k) % len(self.items)
             files = self._files(self.items[i], np.random.default_rng([self.seed, self.epoch, i]))
-            if files is not None:
-                return [np.fromfile(f, dtype=np.uint8) for f in files], self.items[i]
+            encoded = self._encoded(files, self.items[i]) if files is not None else None
+            if encoded is not None:
+                return encoded, self.items[i]
         raise RuntimeError(f"every image of the dataset failed to load; first ones: {sorted(self.bad)[:5]}")
+
+    def _encoded(self, files: list[str], item) -> list[np.ndarray] | None:
+        """The bytes DALI decodes; a planar TIFF is re-laid out here (its decoder reads pixel-interleaved TIFFs
+        only). None when that fails: the item is then a corrupt sample like any other."""
+        out = []
+        for f in files:
+            if f not in self.planar:
+                self.planar[f] = is_planar_tiff(f)
+            try:
+                out.append(interleaved_tiff(f) if self.planar[f] else np.fromfile(f, dtype=np.uint8))
+            except Exception as e:
+                if self.strict:
+                    raise RuntimeError(f"cannot read image {f!r}: {e}") from e
+                self.ok[f] = False
+                self.bad.add(_name(item) if not isinstance(item, SeCoLocation) else f)
+                return None
+        return out
 
     def _files(self, item, rng) -> list[str] | None:
         if isinstance(item, SeCoLocation):
@@ -126,7 +148,13 @@ class _Feeder:
         return _files_of(item) if self._usable(item) else None
 
     def _usable(self, item) -> bool:
-        files = _files_of(item)
+        try:
+            files = _files_of(item)
+        except ValueError as e:  # an incomplete SeCo product: a corrupt sample
+            if self.strict:
+                raise RuntimeError(f"cannot read image {_name(item)!r}: {e}") from e
+            self.bad.add(_name(item))
+            return False
         for f in files:
             if f not in self.ok:
                 self.ok[f] = looks_complete(np.fromfile(f, dtype=np.uint8))
@@ -148,11 +176,50 @@ class _Feeder:
                     try:
                         load_rgb(acq)
                     except Exception:
-                        for f in _files_of(acq):
+                        for f in acq.rgb_files if isinstance(acq, Acquisition) and acq.has_rgb else [acq]:
                             self.ok[f] = False
                         found.append(_name(acq))
         self.bad.update(found)
         return found
+
+
+def is_planar_tiff(path: str) -> bool:
+    """Whether a file is a TIFF with planar samples (PlanarConfiguration 2: one plane per band, as GDAL writes
+    band-interleaved GeoTIFFs). Reads the header only."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.format == "TIFF" and im.tag_v2.get(284) == 2
+    except Exception:
+        return False  # not an image PIL knows: the decoder's to judge
+
+
+def interleaved_tiff(path: str) -> np.ndarray:
+    """A planar TIFF as the bytes of an uncompressed pixel-interleaved TIFF of the same pixels. DALI's TIFF decoder
+    (nvImageCodec's libtiff extension) refuses planar TIFFs; its fallback (OpenCV) decodes them but prints an
+    error for every file ("Planar TIFFs are not supported") and a warning per unknown GeoTIFF tag."""
+    with Image.open(path) as im:
+        im.load()
+        buffer = io.BytesIO()
+        im.save(buffer, format="TIFF")  # no compression, contiguous samples, no GeoTIFF tags
+    return np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+
+
+def planar_note(items: list) -> str | None:
+    """The once-per-run message when the dataset's TIFFs are planar (judged on the first readable image)."""
+    for item in items[:16]:
+        acq = item.acquisitions[0] if isinstance(item, SeCoLocation) else item
+        try:
+            path = _files_of(acq)[0]
+        except ValueError:
+            continue
+        if not is_planar_tiff(path):
+            return None
+        return (f"{path} is a planar TIFF (one plane per band), which DALI's TIFF decoder does not read: fastdino "
+                "re-lays such files out in Python before DALI decodes them (a decode per image; save the images "
+                "pixel-interleaved, or use data.backend=torch, to avoid that cost)")
+    return None
 
 
 def _files_of(item) -> list[str]:
@@ -161,8 +228,6 @@ def _files_of(item) -> list[str]:
 
 def _typical_pixels(items: list) -> int:
     """Pixels of the first readable image (header only): remote-sensing tiles of one dataset share a size."""
-    from PIL import Image
-
     for item in items[:16]:
         acq = item.acquisitions[0] if isinstance(item, SeCoLocation) else item
         try:
@@ -175,7 +240,7 @@ def _typical_pixels(items: list) -> int:
 
 def _files_per_image(items: list) -> int:
     acqs = [a for it in items for a in (it.acquisitions if isinstance(it, SeCoLocation) else [it])]
-    counts = {len(_files_of(a)) for a in acqs}
+    counts = {1 if not isinstance(a, Acquisition) or a.preview is not None else 3 for a in acqs}
     if len(counts) > 1:
         # One graph decodes either RGB files or three band files per image, not a mix of both.
         raise RuntimeError("DALI pipeline: some SeCo acquisitions have an RGB preview and others only bands; "
@@ -212,6 +277,8 @@ class DaliPipeline:
             self.feeder = _Feeder(items, self.sampler, batch_size, spec.n_dates, _files_per_image(items), temporal,
                                   seed, strict)
             self.source_pixels = _typical_pixels(items)
+        note = None if spec.bands else planar_note(items)
+        self.notes: list[str] = [note] if note else []  # what the trainer writes to train.log once per run
         self.epoch = 0
         self.skipped_files: set[str] = set()
         self._start, self._restore = 0, None  # where the next iteration starts (set_epoch)

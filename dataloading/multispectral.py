@@ -31,6 +31,7 @@ bands).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,11 +131,11 @@ def read_tiff(path) -> np.ndarray:
             raise
         return _read_tiff_pil(path, e)
     if arr.ndim == 2:
-        return arr[..., None]
+        return check_finite(arr[..., None], path)
     if arr.ndim == 3 and axes.endswith("S"):  # contiguous samples: YXS
-        return arr
+        return check_finite(arr, path)
     if arr.ndim == 3:  # planar samples (SYX) or one page per band (IYX / QYX)
-        return np.moveaxis(arr, 0, -1)
+        return check_finite(np.moveaxis(arr, 0, -1), path)
     raise ValueError(f"TIFF {path} holds a {arr.ndim}-D array (axes {axes!r}); expected one image of bands")
 
 
@@ -156,14 +157,25 @@ def _read_tiff_pil(path, why: Exception) -> np.ndarray:
 def read_array(path) -> np.ndarray:
     """One image file with all its bands, [H, W, C]: a TIFF or an .npy array (channels last)."""
     path = str(path)
-    if path.lower().endswith(".npy"):
-        arr = np.load(path, allow_pickle=False)
-        if arr.ndim == 2:
-            arr = arr[..., None]
-        if arr.ndim != 3:
-            raise ValueError(f"array {path} has shape {arr.shape}; expected [H, W, bands] (channels last)")
-        return arr
-    return read_tiff(path)
+    if not path.lower().endswith(".npy"):
+        return read_tiff(path)
+    arr = np.load(path, allow_pickle=False)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise ValueError(f"array {path} has shape {arr.shape}; expected [H, W, bands] (channels last)")
+    return check_finite(arr, path)
+
+
+def check_finite(arr: np.ndarray, path) -> np.ndarray:
+    """arr, or a ValueError naming the file when a float image holds NaN or inf: normalised, one such pixel makes
+    the loss NaN, and in `fastdino stats` it would make a band's mean / std NaN."""
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        bad = ~np.isfinite(arr.reshape(-1, arr.shape[-1]))
+        channels = [int(c) for c in np.flatnonzero(bad.any(0))]
+        raise ValueError(f"{path}: {int(bad.sum())} non-finite pixel value(s) (NaN or inf) in channel(s) {channels}; "
+                         "fix or remove the file (nodata must be a finite value)")
+    return arr
 
 
 def resample_nearest(band: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -250,12 +262,14 @@ def file_band_order(value, root=None) -> tuple[str, ...] | None:
 
 
 def source_bands(source, file_bands) -> tuple[str, ...]:
-    """Every band the data has ("data.bands: all"), in ESA's order: the bands every product of a per-band tree
-    holds (first 16 products looked at), or the bands of the multi-band files."""
-    acqs = getattr(source, "acquisitions", None)
-    if acqs is not None and any(a.bands for a in acqs[:16]):
-        common = set.intersection(*(set(a.bands) for a in acqs[:16]))
-        return tuple(b for b in ESA_ORDER if b in common)
+    """Every band the data has ("data.bands: all"), in ESA's order: for a per-band tree, the bands more than half
+    of its products hold (the scan already listed every product's files: no reading), so a product missing a band
+    file is an incomplete sample (skipped as corrupt, or fatal under data.strict) and never shrinks the band set;
+    for multi-band files, the bands of their order."""
+    acqs = [a for a in getattr(source, "acquisitions", None) or () if a.bands]
+    if acqs:
+        counts = Counter(b for a in acqs for b in a.bands)
+        return tuple(b for b in ESA_ORDER if 2 * counts[b] > len(acqs))
     if file_bands is None:
         raise ValueError("data.bands=all: the band order of the data's files is not known; set data.file_bands to "
                          f"one of {', '.join(FILE_ORDERS)} or a list of band names")

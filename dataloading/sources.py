@@ -71,9 +71,23 @@ class Acquisition:
         return self.preview is not None or all(b in self.bands for b in _RGB_BANDS)
 
     @property
+    def where(self) -> str:
+        """What names this acquisition in messages: its preview, or its product folder."""
+        if self.preview is not None:
+            return self.preview
+        return str(Path(next(iter(self.bands.values()))).parent) if self.bands else self.name
+
+    @property
     def rgb_files(self) -> list[str]:
-        """The files that make the RGB image: the preview, or B4, B3, B2 in that order."""
-        return [self.preview] if self.preview is not None else [self.bands[b] for b in _RGB_BANDS]
+        """The files that make the RGB image: the preview, or B4, B3, B2 in that order. A product without all
+        three is incomplete: a ValueError naming it, which the pipelines count as a corrupt sample."""
+        if self.preview is not None:
+            return [self.preview]
+        missing = [b for b in _RGB_BANDS if b not in self.bands]
+        if missing:
+            raise ValueError(f"SeCo product {self.where!r} has no band file for {missing} (it has "
+                             f"{sorted(self.bands)})")
+        return [self.bands[b] for b in _RGB_BANDS]
 
 
 @dataclass
@@ -100,7 +114,7 @@ class SeCoSource:
     @property
     def paths(self) -> list[str]:
         """One path per acquisition: its preview, or its folder of bands."""
-        return [a.preview or str(Path(a.bands[_RGB_BANDS[0]]).parent) for a in self.acquisitions]
+        return [a.where for a in self.acquisitions]
 
     @property
     def num_locations(self) -> int:
@@ -111,7 +125,7 @@ class SeCoSource:
 
 
 def build_source(path, *, list_file=None, layout: str = "auto", subset: float = 1.0, seed: int = 0,
-                 acquisitions: str = "all"):
+                 acquisitions: str = "all", temporal: bool = False):
     """Find the images of a dataset. Returns an ImageSource, or a SeCoSource for layout "seco".
 
     subset: keep this fraction (0 < subset <= 1), drawn with `seed`, in the original order. Images: exactly
@@ -119,6 +133,8 @@ def build_source(path, *, list_file=None, layout: str = "auto", subset: float = 
     below `subset`, so about that fraction, the same locations whatever else the tree holds.
     acquisitions (SeCo only): "all" (every acquisition of a location) or "one" (one per location, drawn with
     `seed`, as DINO-MC's MCBase: an epoch is one image per location).
+    temporal (DINO-TP, `data.temporal`): the data must be a SeCo tree of locations with dated acquisitions; anything
+    else is a ValueError now, before any work.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} is not supported; use one of {LAYOUTS}")
@@ -143,8 +159,13 @@ def build_source(path, *, list_file=None, layout: str = "auto", subset: float = 
         layout = "list"
     if layout == "auto":
         layout = _detect_layout(root)
+    if temporal and layout != "seco":
+        raise ValueError(f"{_TEMPORAL_NEEDS}; {str(root)!r} is read as layout {layout!r} (use data.layout=seco for "
+                         "a SeCo tree of previews), or set data.temporal=false")
     if layout == "seco":
         source = _subset_seco(_scan_seco(root), subset, seed)
+        if temporal:
+            check_dated(source)
         return one_acquisition_per_location(source, seed) if acquisitions == "one" else source
     if layout == "list":
         source = _read_list(root, Path(list_file) if list_file is not None else None)
@@ -239,24 +260,52 @@ def _detect_layout(root: Path) -> str:
 def _scan_seco(root: Path) -> SeCoSource:
     locations = []
     for loc in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        acqs: dict[str, Acquisition] = {}
-        for entry in sorted(loc.iterdir()):
-            if entry.is_dir():
-                bands = {}
-                for f in entry.iterdir():
-                    m = _BAND_RE.match(f.name)
-                    if m:
-                        bands["B" + m.group(1).upper()] = str(f)
-                acqs.setdefault(entry.name, Acquisition(entry.name)).bands.update(bands)
-            elif entry.suffix.lower() in (".tif", ".tiff"):
-                acqs.setdefault(entry.stem, Acquisition(entry.stem)).preview = str(entry)
-        usable = [a for _, a in sorted(acqs.items()) if a.has_rgb]
-        if usable:
-            locations.append(SeCoLocation(loc.name, usable))
+        acqs = _location_acquisitions(loc)
+        if acqs:
+            locations.append(SeCoLocation(loc.name, acqs))
     if not locations:
         raise ValueError(f"no SeCo locations under {str(root)!r}: expected <location>/<product-id>/B4.tif, B3.tif, "
                          f"B2.tif or <location>/<product-id>.tif")
     return SeCoSource(str(root), locations)
+
+
+def _location_acquisitions(loc: Path) -> list[Acquisition]:
+    """The acquisitions of one SeCo location, sorted by product id: every product folder holding band files, and
+    every preview `<location>/<product-id>.tif`. Where the location has previews, only the previewed products:
+    DINO-MC reads a location as its `*.tif` files (data_process/dino_dataset.py L45-47 and L117, WennyXY/DINO-MC
+    at ac31459), so band-only products beside them would be images it never sees. A product missing some band
+    files stays in: reading it fails like a corrupt image (skipped and counted, or fatal under data.strict)."""
+    acqs: dict[str, Acquisition] = {}
+    for entry in sorted(loc.iterdir()):
+        if entry.is_dir():
+            bands = {}
+            for f in entry.iterdir():
+                m = _BAND_RE.match(f.name)
+                if m:
+                    bands["B" + m.group(1).upper()] = str(f)
+            if bands:
+                acqs.setdefault(entry.name, Acquisition(entry.name)).bands.update(bands)
+        elif entry.suffix.lower() in (".tif", ".tiff"):
+            acqs.setdefault(entry.stem, Acquisition(entry.stem)).preview = str(entry)
+    found = [a for _, a in sorted(acqs.items())]
+    previewed = [a for a in found if a.preview is not None]
+    return previewed or found
+
+
+_TEMPORAL_NEEDS = ("data.temporal=true (DINO-TP) needs a SeCo tree of locations with dated acquisitions: "
+                   "<root>/<location>/<product-id>/B*.tif or <root>/<location>/<product-id>.tif, a product id "
+                   "holding its date (20200515T083601_...)")
+_DATE_RE = re.compile(r"(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])")  # YYYYMMDD in a product id
+
+
+def check_dated(source: SeCoSource) -> None:
+    """DINO-TP's check that a SeCo source is one: band products are unambiguous, but a tree of previews only looks
+    like an ImageFolder of TIFFs (<class>/<image>.tif), so there every acquisition's name must hold a date."""
+    undated = [a for a in source.acquisitions if not a.bands and not _DATE_RE.search(a.name)]
+    if undated:
+        raise ValueError(f"{_TEMPORAL_NEEDS}; {source.root!r} has {len(undated)} undated image(s) such as "
+                         f"{undated[0].where!r}: it looks like an image folder, not SeCo. Set data.temporal=false "
+                         "(and augment_preset to dino-mc) to train on it")
 
 
 # --- deterministic subsets --------------------------------------------------------------------------------

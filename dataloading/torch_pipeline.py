@@ -214,7 +214,7 @@ def draw_dates(n_acquisitions: int, n_dates: int, rng: np.random.Generator) -> l
 
 def _name(item) -> str:
     if isinstance(item, Acquisition):
-        return item.rgb_files[0]
+        return item.where  # the preview or the product folder (a product's bands fail together)
     if isinstance(item, SeCoLocation):
         return item.name
     return str(item)
@@ -305,6 +305,7 @@ class TorchPipeline:
                                  collate_fn=_collate, drop_last=True, pin_memory=self.device.type == "cuda",
                                  persistent_workers=num_threads > 0)
         self.skipped_files: set[str] = set()
+        self.notes: list[str] = []  # messages for train.log, once per run (DALI's planar TIFFs; none here)
 
     @property
     def num_skipped(self) -> int:

@@ -73,16 +73,12 @@ def resolve_multispectral(config, echo=None, source=None) -> None:
                          "a SeCo / SSL4EO-S12 band tree)")
     if source is None:
         source = build_source(d.path, list_file=d.list_file, layout=d.layout, subset=d.subset, seed=config.run.seed,
-                              acquisitions="all" if d.temporal else d.acquisitions)
+                              acquisitions="all" if d.temporal else d.acquisitions, temporal=d.temporal)
     file_bands = file_band_order(d.file_bands, d.path)
     bands = source_bands(source, file_bands) if d.bands == "all" else band_list(d.bands)
     if not bands:
         raise ValueError(f"data.bands=all: no Sentinel-2 band found in {d.path}")
-    first = source.acquisitions[0] if hasattr(source, "acquisitions") else source.paths[0]
-    try:
-        image = BandReader(bands, file_bands)(first)  # a wrong file order or band count fails here, not in a worker
-    except Exception as e:
-        raise ValueError(f"multispectral data {d.path}: {e}") from None
+    image = _probe(source, BandReader(bands, file_bands), d.path)
     aug = config.augment
     if list(aug.get("bands") or []) != list(bands) or len(aug.get("mean") or []) != len(bands):
         stats = Path(d.stats) if d.stats else default_stats_path(d.path)
@@ -96,6 +92,20 @@ def resolve_multispectral(config, echo=None, source=None) -> None:
     if echo is not None:
         echo(f"multispectral: {len(bands)} bands, {image.dtype} {image.shape[0]}x{image.shape[1]} px: "
              f"{band_summary(bands)}")
+
+
+def _probe(source, reader: BandReader, path, tries: int = 16):
+    """The first readable image of the source: a wrong file order or band count fails here, not in a worker. An
+    unreadable image (an incomplete product, a corrupt file) is the pipelines' to skip, so the next ones are tried;
+    only when all of the first `tries` fail is it the data's error."""
+    items = source.acquisitions if hasattr(source, "acquisitions") else source.paths
+    first_error = None
+    for item in items[:tries]:
+        try:
+            return reader(item)
+        except Exception as e:
+            first_error = first_error or e
+    raise ValueError(f"multispectral data {path}: {first_error}") from None
 
 
 def attach_file_bands(source, config) -> None:

@@ -114,6 +114,10 @@ def read_band_stats(path, bands, data_path=None) -> tuple[list[float], list[floa
     if missing:
         raise ValueError(f"band statistics {path} have no entry for {missing} (they cover {sorted(stats)}); "
                          f"run `{run} --bands all` again")
+    nonfinite = [b for b in bands if not (np.isfinite(stats[b]["mean"]) and np.isfinite(stats[b]["std"]))]
+    if nonfinite:
+        raise ValueError(f"band statistics {path}: mean / std of {nonfinite} are not finite (the data has NaN or inf "
+                         f"pixels); fix or remove those files and run `{run}` again, which names them")
     bad = [b for b in bands if not stats[b]["std"] > 0]
     if bad:
         raise ValueError(f"band statistics {path}: std is 0 for {bad} (a constant band cannot be normalised); "
