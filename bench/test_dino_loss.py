@@ -4,7 +4,9 @@ Shapes of DINO-MC: 2 global + 6 local views, K = 65536; B = 64 on CUDA, 32 on CP
 bf16 mixed precision feeds the loss) and fp16 (DINO's default --use_fp16: the gradient is computed in the
 backward, see kernels/loss.py). CPU: fastdino = the torch backend (the default there). CUDA: fastdino = the Triton
 kernels, plus the torch backend for comparison. The Triton backend is not timed on CPU: the interpreter is a test
-tool, not a benchmark.
+tool, not a benchmark. fastdino runs with inplace=True (the gradient goes into the logits' memory, what the trainer
+does); fastdino-copy is the same call with the default inplace=False, which allocates a gradient of the logits'
+size: the two rows' peak_mem differ by that size.
 
 Each round gets fresh logits that are an intermediate result, as a head's output is (the gradient goes in
 place), made in pytest-benchmark's untimed setup (on CUDA followed by a sync, so that the copy kernel has
@@ -30,7 +32,9 @@ VIEWS, N_GLOBAL, K = 8, 2, 65536
 def _cases():
     for device in devices():
         dtypes = [torch.float32, torch.bfloat16, torch.float16]
-        impls = ["fastdino", "torch", "reference"] if device == "cuda" else ["fastdino", "reference"]
+        impls = ["fastdino", "fastdino-copy", "reference"]
+        if device == "cuda":
+            impls.insert(2, "torch")
         for dtype in dtypes:
             for impl in impls:
                 yield pytest.param(device, dtype, impl, id=f"{device}-{str(dtype)[6:]}-{impl}")
@@ -47,8 +51,10 @@ def test_dino_loss_fwd_bwd(benchmark, device, dtype, impl):
     if impl == "reference":
         loss_fn = lambda s: reference_dino_loss(s, teacher, center, ncrops=VIEWS, n_global=N_GLOBAL)
     else:
-        backend = "auto" if impl == "fastdino" else impl
-        loss_fn = lambda s: dino_loss(s, teacher, center, ncrops=VIEWS, n_global=N_GLOBAL, backend=backend)
+        backend = "torch" if impl == "torch" else "auto"
+        inplace = impl != "fastdino-copy"
+        loss_fn = lambda s: dino_loss(s, teacher, center, ncrops=VIEWS, n_global=N_GLOBAL, backend=backend,
+                                      inplace=inplace)
 
     def fresh_logits():
         logits = base.clone()  # an intermediate result that owns its memory, like a head's output

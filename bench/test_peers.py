@@ -71,7 +71,8 @@ def test_peer_dino_loss(benchmark, device, impl):
         loss_module = _DINOsLoss(K).to(device)
         loss_fn = lambda s: loss_module(s, teacher, 0)
     else:
-        loss_module = DINOLoss(K, VIEWS, 0.04, 0.04, 0, 1, n_global=N_GLOBAL).to(device)
+        # in place, as fastdino's trainer runs it (the default copies the logits first: docs/loss.md)
+        loss_module = DINOLoss(K, VIEWS, 0.04, 0.04, 0, 1, n_global=N_GLOBAL, inplace=True).to(device)
         loss_fn = lambda s: loss_module(s, teacher, 0)
 
     def fresh_logits():

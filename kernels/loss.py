@@ -33,12 +33,13 @@ When the gradient is computed depends on the logits' dtype:
   The costs: the teacher logits stay alive until the backward (DINO's loop holds them anyway) and the backward
   reads T once more.
 
-In place (default): when the student logits are an intermediate result (not a leaf tensor, not a view), the
-gradient is written into their memory, as Liger-Kernel does: during the forward (fp32, bf16) or the backward
-(fp16). On 2 CPU cores the first touch of a fresh [V*B, K] fp32 tensor costs more than all the arithmetic, and
-on a GPU it saves the [V*B, K] buffer. `student_output` holds the gradient afterwards; its version counter is
-bumped, so autograd raises instead of computing a wrong gradient if another op saved it for its backward. Pass
-inplace=False to keep the logits.
+In place (opt-in, `inplace=True`; fastdino's trainer uses it): when the student logits are an intermediate result
+(not a leaf tensor, not a view), the gradient is written into their memory, as Liger-Kernel does: during the
+forward (fp32, bf16) or the backward (fp16). On 2 CPU cores the first touch of a fresh [V*B, K] fp32 tensor costs
+more than all the arithmetic, and on a GPU it saves the [V*B, K] buffer. `student_output` then holds the
+gradient; its version counter is bumped, so autograd raises instead of computing a wrong gradient if another op
+saved it for its backward. The default, inplace=False, leaves the caller's logits as they were: a drop-in must
+not change what code after the loss reads from them (an entropy log, a second loss on the same logits).
 
 Centre: c <- m * c + (1 - m) * allreduce(sum of the raw rows of T) / (G * B * world_size), after the
 loss, as in DINO. The column sum is one more kernel over T (Triton) or one sum over T (torch).
@@ -59,6 +60,7 @@ statistics (fp16), which `_dino_loss_bwd_kernel` turns into the gradient in the 
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 
 import numpy as np
@@ -731,13 +733,13 @@ def _dino_loss(student_output, teacher_output, center, colsum, *, ncrops, n_glob
 
 def dino_loss(student_output: torch.Tensor, teacher_output: torch.Tensor, center: torch.Tensor, *, ncrops: int,
               n_global: int = 2, student_temp: float = 0.1, teacher_temp: float = 0.04, backend: str = "auto",
-              inplace: bool = True) -> torch.Tensor:
+              inplace: bool = False) -> torch.Tensor:
     """The DINO loss without centre update (for code that manages the centre itself).
 
     student_output [ncrops*B, K] (global views first), teacher_output [n_global*B, K], center [1, K] or [K];
     any float dtype, computed in fp32. Returns a 0-d fp32 tensor equal to
-    `reference_dino_loss(...)`. inplace=True writes the gradient into student_output's memory during the
-    forward when it is an intermediate (non-leaf) tensor; see the module docstring.
+    `reference_dino_loss(...)`. inplace=True writes the gradient into student_output's memory (when it is an
+    intermediate, non-leaf tensor) instead of a new buffer of its size; see the module docstring.
     """
     return _dino_loss(student_output, teacher_output, center, None, ncrops=ncrops, n_global=n_global,
                       student_temp=student_temp, teacher_temp=teacher_temp, backend=backend, inplace=inplace)
@@ -764,18 +766,36 @@ def _resolve_n_global(n_global: int | None, teacher_crops_number: int | None) ->
     return operator.index(teacher_crops_number) if teacher_crops_number is not None else 2
 
 
+def _check_not_a_teacher_crops_number(student_temp) -> None:
+    """DINO-MC's DINOLoss takes teacher_crops_number where DINO's (and this one) takes student_temp: the 7th
+    positional argument (WennyXY/DINO-MC main_dino_mc.py L420-422 at commit ac31459; facebookresearch/dino
+    main_dino.py L364-366 at commit cc72fe9). A count there is a DINO-MC-shaped call, not a temperature: DINO's
+    student temperature is 0.1, and one above 1 flattens the student's softmax."""
+    if isinstance(student_temp, numbers.Integral) or (isinstance(student_temp, numbers.Real) and student_temp > 1):
+        raise TypeError(
+            f"DINOLoss: student_temp={student_temp!r} (the 7th positional argument) is not a student temperature "
+            f"(DINO: 0.1, a float <= 1). DINO-MC's DINOLoss takes teacher_crops_number in that place; here pass it "
+            f"by keyword: DINOLoss(out_dim, ncrops, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, "
+            f"nepochs, teacher_crops_number={student_temp!r})")
+
+
 class DINOLoss(nn.Module):
     """Drop-in for the original DINO loss module: same constructor (facebookresearch/dino main_dino.py L364-366,
     positional arguments included), `center` buffer [1, out_dim] (state dicts load both ways), forward(
     student_output, teacher_output, epoch) -> loss, centre updated after the loss from the raw teacher logits and
     all-reduced across ranks. DINO-MC's keyword `teacher_crops_number` (main_dino_mc.py L276) is accepted as the
-    same thing as `n_global`; n_global=3 serves DINO-TP."""
+    same thing as `n_global`; n_global=3 serves DINO-TP. Passed positionally in DINO-MC's order (7th) it would land
+    on student_temp: an int or a student_temp > 1 is a TypeError saying so.
+
+    inplace=False (default): the caller's student_output is left as it was. inplace=True writes the gradient into
+    its memory instead of a buffer of its size (fastdino's trainer; see the module docstring and docs/loss.md)."""
 
     def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float, teacher_temp: float,
                  warmup_teacher_temp_epochs: int, nepochs: int, student_temp: float = 0.1,
                  center_momentum: float = 0.9, *, n_global: int | None = None, teacher_crops_number: int | None = None,
-                 backend: str = "auto", inplace: bool = True, centering: str = "centering"):
+                 backend: str = "auto", inplace: bool = False, centering: str = "centering"):
         super().__init__()
+        _check_not_a_teacher_crops_number(student_temp)
         n_global = _resolve_n_global(n_global, teacher_crops_number)
         _check_views(ncrops, n_global)
         if nepochs < 1 or warmup_teacher_temp_epochs < 0:

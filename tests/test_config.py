@@ -57,6 +57,17 @@ def test_dino_mc_preset_matches_the_paper():
     assert AugmentationSpec.from_dict(load_config("dino-vits16").augment).view_sizes == [224] * 2 + [96] * 8
 
 
+
+@pytest.mark.parametrize("name", ["dino-mc-vits8", "dino-mc-vits16", "dino-tp-vits8", "dino-vits16"])
+def test_vit_presets_resize_the_position_embedding_as_dino_does(name):
+    """DINO and DINO-MC resize the position embedding with interpolate_pos_encoding for every crop."""
+    assert load_config(name).model.pos_embed_interp == "dino"
+
+
+def test_tiny_presets_keep_timms_interpolation_their_numbers_were_measured_with():
+    assert load_config("tiny").model.pos_embed_interp == load_config("tiny-ms").model.pos_embed_interp == "timm"
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["data.temporal=false"], "data.temporal=False but the augmentation cuts views from 3 date"),
     (["data.acquisitions=some"], "data.acquisitions='some': choose one of all, one"),
@@ -228,3 +239,12 @@ def test_fractional_warmup_is_rounded_to_whole_steps():
                                                                   warmup_epochs=0.25, max_steps=100)[0]
     with pytest.raises(ConfigError, match="optim.warmup_epochs=-0.5"):
         load_config("tiny", overrides=["optim.warmup_epochs=-0.5"])
+
+
+def test_a_cnn_on_a_vit_preset_is_told_to_switch_the_interpolation():
+    with pytest.raises(ConfigError, match=r"model.pos_embed_interp='dino'.*--set model.pos_embed_interp=timm"):
+        load_config("dino-mc-vits8", overrides=["model.arch=resnet50", "model.patch_size=null",
+                                                "model.drop_path_rate=0"])
+    cfg = load_config("dino-mc-vits8", overrides=["model.arch=resnet50", "model.patch_size=null",
+                                                  "model.drop_path_rate=0", "model.pos_embed_interp=timm"])
+    assert cfg.model.arch == "resnet50"

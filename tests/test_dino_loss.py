@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from fastdino.dataloading import AugmentationSpec
 from fastdino.kernels.loss import (
     DINOLoss,
     _torch_forward,
@@ -24,6 +25,9 @@ from fastdino.kernels.loss import (
 )
 from fastdino.kernels.reference import reference_center_update, reference_dino_loss
 from torch import nn
+
+from fastdino.config import load_config
+from fastdino.train import build_training
 
 BACKENDS = ["torch", "triton"]
 # (B images, V = ncrops, G = n_global, K): odd K, G = 1, 2, 3, and V == G (no local view).
@@ -51,9 +55,10 @@ def _reference(student, teacher, center, views, n_global, student_temp=0.1, teac
 
 
 def _fast(student, teacher, center, views, n_global, backend, scale=1.0, **kwargs):
-    """The fast loss on a non-leaf copy of `student` (like a head's output, so the gradient goes in place);
-    returns (loss, gradient with respect to student)."""
+    """The fast loss on a non-leaf copy of `student` (like a head's output), the gradient in place unless the
+    caller passes inplace=False; returns (loss, gradient with respect to student)."""
     leaf = student.clone().requires_grad_()
+    kwargs.setdefault("inplace", True)  # the trainer's path
     loss = dino_loss(leaf.clone(), teacher, center, ncrops=views, n_global=n_global, backend=backend, **kwargs)
     (loss * scale).backward()
     return loss.detach(), leaf.grad
@@ -160,7 +165,7 @@ def test_gradient_written_in_place_into_an_intermediate(backend):
     leaf = student.clone().requires_grad_()
     head_out = leaf * 1.0  # an intermediate that owns its memory, like a head's output
     version = head_out._version
-    loss = dino_loss(head_out, teacher, center, ncrops=4, n_global=2, backend=backend)
+    loss = dino_loss(head_out, teacher, center, ncrops=4, n_global=2, backend=backend, inplace=True)
     assert head_out._version > version
     _close(head_out.detach(), ref_grad, 1e-6, 1e-4)  # the logits now hold the gradient
     loss.backward()
@@ -170,7 +175,7 @@ def test_gradient_written_in_place_into_an_intermediate(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_inputs_kept_when_not_in_place(backend):
-    """inplace=False, a leaf, a view and a no-grad call leave the logits untouched."""
+    """inplace=False leaves the logits untouched; so do a leaf, a view and a no-grad call with inplace=True."""
     student, teacher, center = _inputs(2, 4, 2, 201)
     _, ref_grad = _reference(student, teacher, center, 4, 2)
     leaf = student.clone().requires_grad_()
@@ -179,19 +184,19 @@ def test_inputs_kept_when_not_in_place(backend):
     assert torch.equal(head_out.detach(), student)
     _close(leaf.grad, ref_grad, 1e-6, 1e-4)
 
-    dino_loss(leaf, teacher, center, ncrops=4, n_global=2, backend=backend).backward()
+    dino_loss(leaf, teacher, center, ncrops=4, n_global=2, backend=backend, inplace=True).backward()
     assert torch.equal(leaf.detach(), student)
     _close(leaf.grad, 2 * ref_grad, 1e-6, 1e-4)
 
     wide = torch.cat([student, student], 1).requires_grad_()
     view = (wide * 1.0)[:, :201]
-    dino_loss(view, teacher, center, ncrops=4, n_global=2, backend=backend).backward()
+    dino_loss(view, teacher, center, ncrops=4, n_global=2, backend=backend, inplace=True).backward()
     assert torch.equal(view.detach(), student)
     _close(wide.grad[:, :201], ref_grad, 1e-6, 1e-4)
     assert torch.count_nonzero(wide.grad[:, 201:]) == 0
 
     with torch.no_grad():
-        loss = dino_loss(head_out, teacher, center, ncrops=4, n_global=2, backend=backend)
+        loss = dino_loss(head_out, teacher, center, ncrops=4, n_global=2, backend=backend, inplace=True)
     assert torch.equal(head_out.detach(), student)
     _close(loss, reference_dino_loss(student, teacher, center, ncrops=4, n_global=2), 1e-5, 1e-5)
 
@@ -202,7 +207,7 @@ def test_in_place_is_caught_when_the_logits_are_needed_elsewhere(backend):
     student, teacher, center = _inputs(2, 3, 1, 65)
     leaf = student.clone().requires_grad_()
     logits = leaf.exp()  # exp saves its output for the backward
-    loss = dino_loss(logits, teacher, center, ncrops=3, n_global=1, backend=backend)
+    loss = dino_loss(logits, teacher, center, ncrops=3, n_global=1, backend=backend, inplace=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
 
@@ -466,7 +471,7 @@ def test_when_the_gradient_is_written(backend, dtype):
     _, ref_grad = _reference(student, teacher, center, 4, 2, scale=3.5)
     leaf = student.clone().requires_grad_()
     head_out = leaf * 1.0
-    loss = dino_loss(head_out, teacher, center, ncrops=4, n_global=2, backend=backend)
+    loss = dino_loss(head_out, teacher, center, ncrops=4, n_global=2, backend=backend, inplace=True)
     after_forward = head_out.detach().clone()
     (loss * 3.5).backward()
     if dtype == torch.float16:
@@ -603,3 +608,70 @@ def test_cuda_scaled_backward_is_sync_free_and_repeatable(dtype):
         _close(grad, ref_grad, 1e-6 * FP16_SCALE * 1e-3, 2e-3)
     else:
         _close(grad, ref_grad, 1e-5, 1.6e-2)  # entries ~2e-2 here; bf16 keeps fp32's range, so only its rounding
+
+
+# ----------------------------------------------------------------------------------------------------
+# A drop-in has no side effects by default
+# ----------------------------------------------------------------------------------------------------
+
+
+def _entropy(logits: torch.Tensor, temp: float = 0.1) -> torch.Tensor:
+    """The mean entropy of the student's softmax: what a training loop may log from the logits after the loss."""
+    p = torch.softmax(logits.detach().float() / temp, -1)
+    return -(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_module_leaves_the_callers_logits_alone_by_default(backend):
+    """Code that reads the student logits after the loss (an entropy log, a second loss) gets the logits, not the
+    gradient, unless it opted in with inplace=True."""
+    student, teacher, center = _inputs(2, 4, 2, 201)
+    _, ref_grad = _reference(student, teacher, torch.zeros(1, 201), 4, 2)
+    leaf = student.clone().requires_grad_()
+    head_out = leaf * 1.0  # an intermediate that owns its memory, like a head's output
+    module = DINOLoss(201, 4, 0.04, 0.04, 0, 1, backend=backend)
+    loss = module(head_out, teacher, 0)
+    assert torch.equal(head_out.detach(), student)
+    torch.testing.assert_close(_entropy(head_out), _entropy(student), rtol=0, atol=0)
+    loss.backward()
+    assert torch.equal(head_out.detach(), student)
+    _close(leaf.grad, ref_grad, *GRAD_TOL[torch.float32])
+
+    functional_out = leaf * 1.0
+    dino_loss(functional_out, teacher, center, ncrops=4, n_global=2, backend=backend).backward()
+    assert torch.equal(functional_out.detach(), student)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_both_inplace_settings_give_the_reference_gradient(backend, dtype, inplace):
+    student, teacher, center = _inputs(2, 4, 2, 201, dtype)
+    ref_loss, ref_grad = _reference(student, teacher, center, 4, 2, scale=2.0)
+    loss, grad = _fast(student, teacher, center, 4, 2, backend, scale=2.0, inplace=inplace)
+    _close(loss, ref_loss, LOSS_TOL[dtype], LOSS_TOL[dtype])
+    _close(grad, ref_grad, *GRAD_TOL[dtype])
+
+
+def test_dino_mc_positional_teacher_crops_number_is_a_type_error():
+    """WennyXY/DINO-MC's DINOLoss takes teacher_crops_number 7th (main_dino_mc.py L420-422), DINO's takes student_temp
+    there (main_dino.py L364-366): a DINO-MC-shaped positional call must not become student_temp=3."""
+    with pytest.raises(TypeError, match=r"student_temp=3 .*DINO-MC.*teacher_crops_number=3"):
+        DINOLoss(65, 8, 0.04, 0.04, 0, 100, 3)
+    with pytest.raises(TypeError, match=r"student_temp=1\.5 .*teacher_crops_number="):
+        DINOLoss(65, 8, 0.04, 0.04, 0, 100, 1.5)
+    with pytest.raises(TypeError, match=r"student_temp=1 "):
+        DINOLoss(65, 8, 0.04, 0.04, 0, 100, student_temp=1)
+    mc = DINOLoss(65, 8, 0.04, 0.04, 0, 100, teacher_crops_number=3)
+    assert (mc.n_global, mc.student_temp) == (3, 0.1)
+    assert DINOLoss(65, 8, 0.04, 0.04, 0, 100, 1.0).student_temp == 1.0  # a float temperature of 1 is a temperature
+
+
+def test_the_trainer_opts_in_to_the_in_place_gradient():
+    """fastdino's step reads nothing from the student logits after the loss, so it saves their gradient buffer."""
+    config = load_config("tiny", overrides={"model": {"depth": 1, "out_dim": 64, "hidden_dim": 32,
+                                                      "bottleneck_dim": 16}})
+    spec = AugmentationSpec.from_dict(config.augment)
+    training = build_training(config, torch.device("cpu"), n_global=spec.n_global, n_views=spec.n_views)
+    assert training.dino_loss.inplace is True
+    assert DINOLoss(64, spec.n_views, 0.04, 0.04, 0, 1).inplace is False

@@ -5,8 +5,15 @@ import copy
 import pytest
 import timm
 import torch
+from _dino_reference import DinoVisionTransformer, randomize_
+from _eval_fixtures import make_checkpoint
+from fastdino.dataloading import AugmentationSpec
 from timm.layers import resample_abs_pos_embed
 
+from fastdino.config import backbone_kwargs, load_config
+from fastdino.convert import load_backbone
+from fastdino.export import export_teacher
+from fastdino.finetune.backbones import load_backbone as load_for_finetune
 from fastdino.models import (
     MultiCropWrapper,
     PackedViT,
@@ -327,3 +334,34 @@ def test_cuda_packed_matches_reference_bf16(backend):
     for name in grads:
         g, r = grads[name].float(), ref_grads[name].float()
         assert (g - r).norm() <= 5e-2 * r.norm() + 1e-6, name
+
+
+DINO_VIT_PRESETS = ["dino-mc-vits8", "dino-mc-vits16", "dino-tp-vits8", "dino-vits16"]
+
+
+@pytest.mark.parametrize("preset", DINO_VIT_PRESETS)
+def test_vit_presets_give_the_original_vits_features_at_every_view_size(preset):
+    """DINO and DINO-MC run every crop through interpolate_pos_encoding (facebookresearch/dino vision_transformer.py
+    L174-194): a ViT preset's packed forward gives the original ViT's CLS features at each of its view sizes."""
+    config = load_config(preset, overrides={"model": {"depth": 1, "drop_path_rate": 0.0}})
+    backbone = create_backbone(**backbone_kwargs(config.model)).eval()
+    ref = randomize_(DinoVisionTransformer(config.model.arch, config.model.patch_size, depth=1), 3).eval()
+    backbone.timm_model.load_state_dict(ref.state_dict())
+    sizes = sorted(set(AugmentationSpec.from_dict(config.augment).view_sizes), reverse=True)
+    gen = torch.Generator().manual_seed(0)
+    views = [torch.randn(1, 3, s, s, generator=gen) for s in sizes]
+    with torch.no_grad():
+        got, want = backbone.forward_views(views), torch.cat([ref(v) for v in views])
+    for size, g, w in zip(sizes, got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4, msg=lambda m, size=size: f"{size} px: {m}")
+
+
+def test_a_runs_dino_interpolation_travels_with_its_checkpoint_and_export(tmp_path):
+    """A dino-mc run's checkpoint (its config says pos_embed_interp=dino) is evaluated, exported and fine-tuned
+    with DINO's interpolation, without the user repeating the option."""
+    checkpoint = make_checkpoint(tmp_path / "run", config_model={"pos_embed_interp": "dino"})
+    loaded = load_backbone(checkpoint)
+    assert loaded.conversion.pos_embed_interp == loaded.backbone.pos_interp.mode == "dino"
+    weights, _, meta = export_teacher(checkpoint)
+    assert meta["pos_embed_interp"] == "dino"
+    assert load_for_finetune(weights).backbone.pos_interp.mode == "dino"

@@ -1,7 +1,8 @@
 """DINO's linear evaluation protocol (`fastdino eval linear --protocol dino`), next to fastdino's fast probe.
 
 As facebookresearch/dino eval_linear.py (WennyXY/DINO-MC's eval_linear.py is the same protocol; its defaults differ
-where noted), on fastdino's splits and at the evaluation size S (the checkpoint's global crop, or --image-size):
+where noted), on fastdino's splits and at the evaluation size S (the checkpoint's global crop, or --image-size).
+Line numbers: eval_linear.py at facebookresearch/dino commit 9085367, each checked against that revision's text.
 - features of the frozen backbone, recomputed for every batch: for a ViT the CLS token after the final norm of each
   of the last `n_last_blocks` blocks, concatenated (L159-163; `get_intermediate_layers`, vision_transformer.py
   L225-233); n_last_blocks 4 and no average-pooled patch tokens, DINO's setting for ViT-S (L249-251). Other
