@@ -26,6 +26,8 @@ from functools import cache
 import numpy as np
 from PIL import Image
 
+from .members import open_member
+
 ALL_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12")  # seco_dataset.py L11
 RGB_BANDS = ("B4", "B3", "B2")  # seco_dataset.py L12
 # (min_q, max_q) per band: seco_dataset.py L14-25 (min_q L16-18, max_q L21-23).
@@ -55,7 +57,7 @@ def band_lut(band: str, quantiles: dict[str, tuple[float, float]] | None = None)
 def read_band(path: str) -> np.ndarray:
     """One band file as a [H, W] uint8 array. SeCo's bands are 8-bit; anything else would need other quantiles,
     so it is an error that names the file rather than a silent conversion."""
-    with Image.open(path) as im:
+    with Image.open(open_member(path)) as im:
         im.load()  # decode here: a truncated file raises now, inside the caller's try
         if im.mode != "L":
             raise ValueError(f"SeCo band file {path!r} is mode {im.mode!r}; SeCo bands are single-band 8-bit "
@@ -84,4 +86,4 @@ def read_bands(files: dict[str, str], bands=RGB_BANDS, quantiles: dict[str, tupl
 def _folder(files: dict[str, str]) -> str:
     import os
 
-    return os.path.dirname(next(iter(files.values()))) if files else "?"
+    return os.path.dirname(os.fspath(next(iter(files.values())))) if files else "?"

@@ -49,13 +49,16 @@ from PIL import Image
 from .augment import AugmentationSpec, ViewGroup
 from .bands import RGB_BANDS, band_lut
 from .decode import load_rgb
+from .members import open_member, read_member
+from .shard_source import ShardSource
 from .sources import Acquisition, SeCoLocation
 from .torch_pipeline import (
-    ShardedSampler,
+    RankSampler,
     _check_length,
     _name,
     check_temporal,
     draw_dates,
+    epoch_sampler,
     note_skipped,
     pipeline_items,
 )
@@ -78,7 +81,7 @@ def looks_complete(data: np.ndarray) -> bool:
 class _Feeder:
     """The external_source callback: for DALI iteration j of an epoch, the encoded files of batch start + j."""
 
-    def __init__(self, items: list, sampler: ShardedSampler, batch_size: int, n_dates: int, files_per_image: int,
+    def __init__(self, items: list, sampler: RankSampler, batch_size: int, n_dates: int, files_per_image: int,
                  temporal: bool, seed: int, strict: bool):
         self.items, self.sampler, self.batch_size = items, sampler, batch_size
         self.n_dates, self.files_per_image, self.temporal = n_dates, files_per_image, temporal
@@ -129,7 +132,7 @@ class _Feeder:
             if f not in self.planar:
                 self.planar[f] = is_planar_tiff(f)
             try:
-                out.append(interleaved_tiff(f) if self.planar[f] else np.fromfile(f, dtype=np.uint8))
+                out.append(interleaved_tiff(f) if self.planar[f] else _file_bytes(f))
             except Exception as e:
                 if self.strict:
                     raise RuntimeError(f"cannot read image {f!r}: {e}") from e
@@ -157,7 +160,7 @@ class _Feeder:
             return False
         for f in files:
             if f not in self.ok:
-                self.ok[f] = looks_complete(np.fromfile(f, dtype=np.uint8))
+                self.ok[f] = looks_complete(_file_bytes(f))
                 if not self.ok[f] and self.strict:
                     raise RuntimeError(f"cannot read image {f!r}: truncated or not an image file")
             if not self.ok[f]:
@@ -183,23 +186,28 @@ class _Feeder:
         return found
 
 
-def is_planar_tiff(path: str) -> bool:
+def _file_bytes(f) -> np.ndarray:
+    """A file's (or a shard member's) encoded bytes, for DALI's decoder."""
+    return np.frombuffer(read_member(f), dtype=np.uint8)
+
+
+def is_planar_tiff(path) -> bool:
     """Whether a file is a TIFF with planar samples (PlanarConfiguration 2: one plane per band, as GDAL writes
     band-interleaved GeoTIFFs). Reads the header only."""
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(open_member(path)) as im:
             return im.format == "TIFF" and im.tag_v2.get(284) == 2
     except Exception:
         return False  # not an image PIL knows: the decoder's to judge
 
 
-def interleaved_tiff(path: str) -> np.ndarray:
+def interleaved_tiff(path) -> np.ndarray:
     """A planar TIFF as the bytes of an uncompressed pixel-interleaved TIFF of the same pixels. DALI's TIFF decoder
     (nvImageCodec's libtiff extension) refuses planar TIFFs; its fallback (OpenCV) decodes them but prints an
     error for every file ("Planar TIFFs are not supported") and a warning per unknown GeoTIFF tag."""
-    with Image.open(path) as im:
+    with Image.open(open_member(path)) as im:
         im.load()
         buffer = io.BytesIO()
         im.save(buffer, format="TIFF")  # no compression, contiguous samples, no GeoTIFF tags
@@ -231,16 +239,19 @@ def _typical_pixels(items: list) -> int:
     for item in items[:16]:
         acq = item.acquisitions[0] if isinstance(item, SeCoLocation) else item
         try:
-            with Image.open(_files_of(acq)[0]) as im:
+            with Image.open(open_member(_files_of(acq)[0])) as im:
                 return im.width * im.height
         except Exception:
             continue
     return 256 * 256
 
 
-def _files_per_image(items: list) -> int:
-    acqs = [a for it in items for a in (it.acquisitions if isinstance(it, SeCoLocation) else [it])]
-    counts = {1 if not isinstance(a, Acquisition) or a.preview is not None else 3 for a in acqs}
+def _files_per_image(source, items: list) -> int:
+    if isinstance(source, ShardSource):
+        counts = source.rgb_files_per_image()
+    else:
+        acqs = [a for it in items for a in (it.acquisitions if isinstance(it, SeCoLocation) else [it])]
+        counts = {1 if not isinstance(a, Acquisition) or a.preview is not None else 3 for a in acqs}
     if len(counts) > 1:
         # One graph decodes either RGB files or three band files per image, not a mix of both.
         raise RuntimeError("DALI pipeline: some SeCo acquisitions have an RGB preview and others only bands; "
@@ -264,7 +275,7 @@ class DaliPipeline:
             if gpu else None
         self.num_threads, self.seed, self.rank, self.temporal = max(1, num_threads), seed, rank, temporal
         self.backend = "dali-gpu" if gpu else "dali-cpu"
-        self.sampler = ShardedSampler(len(items), rank=rank, world_size=world_size, seed=seed)
+        self.sampler = epoch_sampler(source, items, temporal, rank=rank, world_size=world_size, seed=seed)
         _check_length(len(self.sampler), batch_size, len(items), world_size)
         if spec.bands:  # multispectral: files read in Python, views drawn there too (dali_ms.py)
             from .dali_ms import MSFeeder
@@ -274,8 +285,8 @@ class DaliPipeline:
                                    band_reader(source, spec))
             self.source_pixels = 0
         else:
-            self.feeder = _Feeder(items, self.sampler, batch_size, spec.n_dates, _files_per_image(items), temporal,
-                                  seed, strict)
+            self.feeder = _Feeder(items, self.sampler, batch_size, spec.n_dates, _files_per_image(source, items),
+                                  temporal, seed, strict)
             self.source_pixels = _typical_pixels(items)
         note = None if spec.bands else planar_note(items)
         self.notes: list[str] = [note] if note else []  # what the trainer writes to train.log once per run

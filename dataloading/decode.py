@@ -10,6 +10,7 @@ from __future__ import annotations
 from PIL import Image
 
 from .bands import RGB_BANDS, read_bands
+from .members import open_member
 from .sources import Acquisition
 
 
@@ -23,7 +24,7 @@ def load_rgb(item: str | Acquisition) -> Image.Image:
     return _open(item, "RGB")
 
 
-def _open(path: str, mode: str) -> Image.Image:
-    with Image.open(path) as im:
+def _open(path, mode: str) -> Image.Image:
+    with Image.open(open_member(path)) as im:
         im.load()  # decode now, inside the caller's try: a truncated file fails here, not later
         return im.convert(mode) if im.mode != mode else im.copy()

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .members import SHARD_INDEX, open_member, suffix
+
 # name -> (central wavelength nm, resolution m, what it sees); Sentinel-2 MSI, ESA's band table (S2A values).
 S2_BANDS: dict[str, tuple[float, int, str]] = {
     "B1": (442.7, 60, "coastal aerosol"),
@@ -123,7 +125,7 @@ def read_tiff(path) -> np.ndarray:
         raise ValueError(f"reading {path} needs tifffile, a fastdino dependency: pip install tifffile") from None
 
     try:
-        with tifffile.TiffFile(path) as tf:
+        with tifffile.TiffFile(open_member(path)) as tf:
             series = tf.series[0]
             arr, axes = series.asarray(), series.axes
     except (KeyError, ValueError, ModuleNotFoundError) as e:
@@ -144,7 +146,7 @@ def _read_tiff_pil(path, why: Exception) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(open_member(path)) as im:
             im.load()
             if len(im.getbands()) != 1:
                 raise OSError("not single-band")
@@ -156,10 +158,9 @@ def _read_tiff_pil(path, why: Exception) -> np.ndarray:
 
 def read_array(path) -> np.ndarray:
     """One image file with all its bands, [H, W, C]: a TIFF or an .npy array (channels last)."""
-    path = str(path)
-    if not path.lower().endswith(".npy"):
+    if suffix(path) != ".npy":
         return read_tiff(path)
-    arr = np.load(path, allow_pickle=False)
+    arr = np.load(open_member(path), allow_pickle=False)
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3:
@@ -232,11 +233,16 @@ class BandReader:
 
 
 def prepared_bands(root) -> tuple[str, ...] | None:
-    """The band order `fastdino prepare` recorded for the .npy files under `root`, if it did."""
+    """The band order `fastdino prepare` recorded for the .npy files under `root` (prepared.json), or for the
+    multi-band files packed into the shards under `root` (shards.json's file_bands), if it did."""
     path = Path(root) / PREPARED
-    if not path.is_file():
-        return None
-    return band_list(json.loads(path.read_text())["bands"], f"{path} bands")
+    if path.is_file():
+        return band_list(json.loads(path.read_text())["bands"], f"{path} bands")
+    index = Path(root) / SHARD_INDEX
+    if index.is_file():
+        recorded = json.loads(index.read_text()).get("file_bands")
+        return band_list(recorded, f"{index} file_bands") if recorded else None
+    return None
 
 
 def prepared_root(path, levels: int = 4) -> Path | None:
@@ -266,6 +272,9 @@ def source_bands(source, file_bands) -> tuple[str, ...]:
     of its products hold (the scan already listed every product's files: no reading), so a product missing a band
     file is an incomplete sample (skipped as corrupt, or fatal under data.strict) and never shrinks the band set;
     for multi-band files, the bands of their order."""
+    counts = getattr(source, "band_counts", None)  # a shard folder: counted when the shards were written
+    if counts:
+        return tuple(b for b in ESA_ORDER if 2 * counts.get(b, 0) > source.index["products"])
     acqs = [a for a in getattr(source, "acquisitions", None) or () if a.bands]
     if acqs:
         counts = Counter(b for a in acqs for b in a.bands)

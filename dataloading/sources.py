@@ -160,7 +160,7 @@ def build_source(path, *, list_file=None, layout: str = "auto", subset: float = 
     if layout == "auto":
         layout = _detect_layout(root)
     if temporal and layout != "seco":
-        raise ValueError(f"{_TEMPORAL_NEEDS}; {str(root)!r} is read as layout {layout!r} (use data.layout=seco for "
+        raise ValueError(f"{TEMPORAL_NEEDS}; {str(root)!r} is read as layout {layout!r} (use data.layout=seco for "
                          "a SeCo tree of previews), or set data.temporal=false")
     if layout == "seco":
         source = _subset_seco(_scan_seco(root), subset, seed)
@@ -292,7 +292,7 @@ def _location_acquisitions(loc: Path) -> list[Acquisition]:
     return previewed or found
 
 
-_TEMPORAL_NEEDS = ("data.temporal=true (DINO-TP) needs a SeCo tree of locations with dated acquisitions: "
+TEMPORAL_NEEDS = ("data.temporal=true (DINO-TP) needs a SeCo tree of locations with dated acquisitions: "
                    "<root>/<location>/<product-id>/B*.tif or <root>/<location>/<product-id>.tif, a product id "
                    "holding its date (20200515T083601_...)")
 _DATE_RE = re.compile(r"(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])")  # YYYYMMDD in a product id
@@ -303,7 +303,7 @@ def check_dated(source: SeCoSource) -> None:
     like an ImageFolder of TIFFs (<class>/<image>.tif), so there every acquisition's name must hold a date."""
     undated = [a for a in source.acquisitions if not a.bands and not _DATE_RE.search(a.name)]
     if undated:
-        raise ValueError(f"{_TEMPORAL_NEEDS}; {source.root!r} has {len(undated)} undated image(s) such as "
+        raise ValueError(f"{TEMPORAL_NEEDS}; {source.root!r} has {len(undated)} undated image(s) such as "
                          f"{undated[0].where!r}: it looks like an image folder, not SeCo. Set data.temporal=false "
                          "(and augment_preset to dino-mc) to train on it")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,8 @@ from .augment import AugmentationSpec, ViewGroup
 from .decode import load_rgb
 from .ms_augment import apply_ms_view
 from .multispectral import BandReader
+from .shard_order import ShardEpochSampler
+from .shard_source import ShardSource
 from .sources import Acquisition, ImageSource, SeCoLocation, SeCoSource
 
 _INTERP = {"nearest": TF.InterpolationMode.NEAREST, "bilinear": TF.InterpolationMode.BILINEAR,
@@ -220,7 +223,7 @@ def _name(item) -> str:
     return str(item)
 
 
-class ShardedSampler(Sampler):
+class RankSampler(Sampler):
     """DistributedSampler's split without padding: a per-epoch seeded permutation, cut to a multiple of
     world_size, every world_size-th index from `rank`. Yields (epoch, index) so that persistent workers
     still see the current epoch."""
@@ -274,8 +277,11 @@ def check_temporal(spec: AugmentationSpec, temporal: bool) -> None:
                          "ViewGroup.date")
 
 
-def pipeline_items(source, temporal: bool) -> list:
-    """What one sample is: an image path, a SeCo acquisition, or (DINO-TP) a SeCo location."""
+def pipeline_items(source, temporal: bool) -> Sequence:
+    """What one sample is: an image path, a SeCo acquisition, or (DINO-TP) a SeCo location; from shards, the same
+    with ShardMembers where the file tree has paths (made on access, shard_source.py)."""
+    if isinstance(source, ShardSource):
+        return source.items(temporal)
     if temporal:
         if not isinstance(source, SeCoSource):
             raise ValueError("temporal=True (DINO-TP) needs a SeCo source (build_source(..., layout='seco'))")
@@ -284,7 +290,16 @@ def pipeline_items(source, temporal: bool) -> list:
         return source.acquisitions
     if isinstance(source, ImageSource):
         return list(source.paths)
-    raise TypeError(f"source must be an ImageSource or SeCoSource from build_source, got {type(source).__name__}")
+    raise TypeError(f"source must be an ImageSource, SeCoSource or ShardSource from build_source, got "
+                    f"{type(source).__name__}")
+
+
+def epoch_sampler(source, items: Sequence, temporal: bool, *, rank: int, world_size: int, seed: int):
+    """The order of an epoch: a seeded permutation of the items (RankSampler), or over shards the two-level order
+    of shard_order.py (shards, then items within groups of shards), which keeps each rank on its own shards."""
+    if isinstance(source, ShardSource):
+        return ShardEpochSampler(source.items_per_shard(temporal), rank=rank, world_size=world_size, seed=seed)
+    return RankSampler(len(items), rank=rank, world_size=world_size, seed=seed)
 
 
 class TorchPipeline:
@@ -299,7 +314,7 @@ class TorchPipeline:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.dataset = MultiViewDataset(items, spec, seed=seed, strict=strict, reader=band_reader(source, spec))
-        self.sampler = ShardedSampler(len(items), rank=rank, world_size=world_size, seed=seed)
+        self.sampler = epoch_sampler(source, items, temporal, rank=rank, world_size=world_size, seed=seed)
         _check_length(len(self.sampler), batch_size, len(items), world_size)
         self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_threads,
                                  collate_fn=_collate, drop_last=True, pin_memory=self.device.type == "cuda",

@@ -21,7 +21,8 @@ COMMANDS = {
     "viz": ("fastdino.viz", "attention maps and training curves as PNG"),
     "finetune": ("fastdino.finetune.cli", "fine-tune a backbone: scene classification, BigEarthNet, OSCD change"),
     "stats": ("fastdino.cli_stats", "per-band statistics of multispectral data (what training normalises with)"),
-    "prepare": ("fastdino.cli_prepare", "convert multispectral GeoTIFFs / band trees to .npy arrays once"),
+    "prepare": ("fastdino.cli_prepare", "pack a dataset into WebDataset shards, or multispectral files into .npy"),
+    "download": ("fastdino.download.cli", "fetch EuroSAT, SeCo, BigEarthNet or OSCD in the layout fastdino reads"),
 }
 
 

@@ -140,6 +140,7 @@ class RunConfig:
     checkpoint_every_minutes: float = 15.0  # also save when this long has passed since the last save (0: off)
     max_steps: int | None = None  # stop after this many steps in all; the schedules still span run.epochs
     stop_signals: list = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])  # finish the step, save, exit 75
+    tensorboard: bool = False  # also write RUN/tensorboard/ event files (pip install 'fastdino[tensorboard]')
 
 
 @dataclass
@@ -155,6 +156,7 @@ class EvalConfig:
     knn_k: int = 20  # DINO eval_knn.py defaults: 20 neighbours, vote weight exp(similarity / 0.07)
     knn_temperature: float = 0.07
     knn_image_size: int | None = None  # None: the largest global crop (what `fastdino eval` uses)
+    knn_at_start: bool = False  # also score the initial weights before step 0: the level training must beat
 
 
 @dataclass
@@ -184,12 +186,16 @@ def scaled_lr(config: Config) -> float:
 # ----------------------------------------------------------------------------------------------------------
 # Presets: each one is a nested dict of overrides on the defaults (same checks as a config file).
 
-_MC = {"model": {"arch": "vit_small", "patch_size": 8, "drop_path_rate": 0.1}, "augment_preset": "dino-mc",
-       "run": {"epochs": 100, "batch_size": 64}}
+# pos_embed_interp "dino": DINO and DINO-MC resize the position embedding of every crop with the original
+# interpolate_pos_encoding (facebookresearch/dino vision_transformer.py L174-194, the same lines in DINO-MC's
+# utils/vision_transformer.py), whose features at 184 / 164 / 96 px differ from timm's antialiased resize.
+_MC = {"model": {"arch": "vit_small", "patch_size": 8, "drop_path_rate": 0.1, "pos_embed_interp": "dino"},
+       "augment_preset": "dino-mc", "run": {"epochs": 100, "batch_size": 64}}
 
 PRESETS: dict[str, tuple[str, dict]] = {
     # DINO-MC's views, head and optimiser; its authors ran 300 epochs at batch 8 x 4 GPUs on SeCo-100K
-    # (main_dino_mc.py L101, L103; their README): docs/training.md lists what differs.
+    # (main_dino_mc.py L101, L103; their README): docs/training.md lists what differs. Their README at its latest
+    # commit 4f8e519 lists the published DINO-MC and DINO-TP ViTs as ViT-S/8: this is the like-for-like preset.
     "dino-mc-vits8": ("DINO-MC's views and optimiser on ViT-S/8 (2x224 + 184..84 px, K=65536); 100 ep at batch 64, "
                       "not the authors' 300 at 32", _MC),
     "dino-mc-vits16": ("DINO-MC recipe on ViT-S/16 (4x fewer tokens than /8)",
@@ -210,7 +216,8 @@ PRESETS: dict[str, tuple[str, dict]] = {
     # ViT-Tiny/8 at depth 4 with iBOT's masked-patch loss: 64 patches a 64 px view give the patch loss something
     # to predict, and a third of the blocks keeps 3 epochs of EuroSAT inside 30 minutes on 2 CPU cores. Ahead of the
     # 12-block /16 (the preset before) on EuroSAT val in 2 seeds (73.87 / 73.56 vs 71.20 / 70.52); neither change
-    # alone is (docs/eval.md, "iBOT").
+    # alone is (docs/eval.md, "iBOT"). The position embedding keeps timm's resize (model.pos_embed_interp's
+    # default): every EuroSAT number of this recipe in docs/eval.md was measured with it; DINO's was not tried here.
     "tiny": ("ViT-Tiny/8 at depth 4 + iBOT's patch loss, 64 px tiles, out_dim 4096: 2 CPU cores, 30 minutes",
              {"model": {"arch": "vit_tiny", "patch_size": 8, "depth": 4, "img_size": 64, "drop_path_rate": 0.0,
                         "out_dim": 4096, "hidden_dim": 512, "bottleneck_dim": 128},
@@ -568,7 +575,7 @@ def validate(config: Config) -> None:
 
     from fastdino.dataloading import AugmentationSpec
     from fastdino.dataloading.pipeline import BACKENDS
-    from fastdino.dataloading.sources import LAYOUTS
+    from fastdino.dataloading.datasets import LAYOUTS
 
     for key, choices in {**_CHOICES, "data.layout": LAYOUTS, "data.backend": BACKENDS}.items():
         need(get(key) in choices, key, f"choose one of {', '.join(choices)}")
@@ -618,7 +625,8 @@ def validate(config: Config) -> None:
     need(not (get("model.arch") in CNNS and get("model.drop_path_rate") > 0), "model.drop_path_rate",
          f"model.arch={get('model.arch')} is a CNN, which DINO trains without drop-path; set model.drop_path_rate=0")
     need(get("model.pos_embed_interp") == "timm" or get("model.arch").startswith("vit"), "model.pos_embed_interp",
-         "DINO's interpolation is for ViTs only (their absolute position embedding)")
+         f"DINO's interpolation is for ViTs only (their absolute position embedding); model.arch="
+         f"{get('model.arch')} has none: add --set model.pos_embed_interp=timm")
     dev = get("run.device")
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "run.device",
          "use auto, cpu, cuda or cuda:N")

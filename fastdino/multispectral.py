@@ -19,6 +19,7 @@ from fastdino.dataloading.multispectral import (
     file_band_order,
     source_bands,
 )
+from fastdino.dataloading.torch_pipeline import pipeline_items
 
 
 def bands_into_config(cfg: dict) -> None:
@@ -98,7 +99,7 @@ def _probe(source, reader: BandReader, path, tries: int = 16):
     """The first readable image of the source: a wrong file order or band count fails here, not in a worker. An
     unreadable image (an incomplete product, a corrupt file) is the pipelines' to skip, so the next ones are tried;
     only when all of the first `tries` fail is it the data's error."""
-    items = source.acquisitions if hasattr(source, "acquisitions") else source.paths
+    items = pipeline_items(source, temporal=False)
     first_error = None
     for item in items[:tries]:
         try:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastdino.dataloading.torch_pipeline import pipeline_items
+
 STATS_FILE = "band_stats.json"
 PERCENTILES = (2.0, 98.0)
 
@@ -29,9 +31,9 @@ def default_stats_path(data_path) -> Path:
 
 def sample_items(source, samples: int, seed: int) -> list:
     """A seeded sample of the source's images (acquisitions for a per-band tree), in source order."""
-    items = list(source.acquisitions) if hasattr(source, "acquisitions") else list(source.paths)
+    items = pipeline_items(source, temporal=False)  # images, acquisitions, or a shard folder's of either
     if samples >= len(items):
-        return items
+        return list(items)
     keep = np.sort(np.random.default_rng(seed).choice(len(items), size=samples, replace=False))
     return [items[i] for i in keep]
 

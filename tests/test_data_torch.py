@@ -15,7 +15,7 @@ from _data_helpers import (
     write_image,
 )
 from fastdino.dataloading import AugmentationSpec, ViewGroup, build_pipeline, build_source
-from fastdino.dataloading.torch_pipeline import ShardedSampler, apply_view, sample_view_params
+from fastdino.dataloading.torch_pipeline import RankSampler, apply_view, sample_view_params
 from PIL import Image
 
 TINY = AugmentationSpec.preset("tiny")
@@ -120,13 +120,13 @@ def test_same_seed_same_views_whatever_the_worker_count_and_epochs_differ(tmp_pa
 
 
 def test_ranks_get_disjoint_equal_shards_reshuffled_per_epoch():
-    shards = [ShardedSampler(103, rank=r, world_size=4, seed=1) for r in range(4)]
+    shards = [RankSampler(103, rank=r, world_size=4, seed=1) for r in range(4)]
     idx = [s.indices() for s in shards]
     assert all(len(i) == 25 for i in idx) and len(set(sum(idx, []))) == 100
     shards[0].set_epoch(1)
     assert shards[0].indices() != idx[0]
     with pytest.raises(ValueError, match="rank=4"):
-        ShardedSampler(10, rank=4, world_size=4)
+        RankSampler(10, rank=4, world_size=4)
 
 
 def test_batch_larger_than_a_shard_is_an_error(tmp_path):
