@@ -16,8 +16,9 @@ from pathlib import Path
 from fastdino.config import DEFAULT_PRESET, PRESETS, ConfigError, dump_yaml, load_config
 from fastdino.distributed import barrier, broadcast_object, env_info, init_distributed
 
-RUN_ENTRIES = ("checkpoints", "metrics.jsonl", "train.log", "config.yaml", "plots", "exported")
+RUN_ENTRIES = ("checkpoints", "metrics.jsonl", "train.log", "config.yaml", "plots", "exported", "tensorboard")
 DEMO_IMAGES = 256  # the generated dataset: 8 iterations per epoch at the tiny preset's batch of 32
+DEMO_VAL_IMAGES = 250  # held-out demo images the online k-NN scores (50 a class)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--max-steps", type=int, metavar="N",
                         help="stop after N steps in all (run.max_steps; the lr schedule still spans --epochs)")
+    parser.add_argument("--tensorboard", action="store_true", default=None,
+                        help="also log to RUN/tensorboard/ (run.tensorboard; pip install 'fastdino[tensorboard]')")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", nargs="?", const="yes", metavar="auto",
                       help="continue the run in --output (default: the newest runs/<preset>-*) from its checkpoint; "
@@ -73,7 +76,17 @@ def run(args: argparse.Namespace) -> int:
     if demo and env_info().is_main:
         _echo("\nThat run used GENERATED images (a built-in demo). To train on real imagery: "
               "fastdino train --preset dino-mc-vits8 --data /path/to/images [--data-list train.txt]")
+        if summary.get("knn_start_top1") is not None and summary.get("knn_top1") is not None:
+            _echo(demo_knn_line(summary["knn_start_top1"], summary["knn_top1"]))
     return 0
+
+
+def demo_knn_line(start_top1: float, final_top1: float) -> str:
+    """What the demo learned, in one line: k-NN top-1 (%) of the initial and the trained teacher."""
+    from fastdino.dataloading.synthetic import DEMO_CLASSES
+
+    return (f"k-NN top-1 on {DEMO_VAL_IMAGES} held-out demo images ({len(DEMO_CLASSES)} classes, chance "
+            f"{100 / len(DEMO_CLASSES):.0f}%): random init {start_top1:.1f}% -> trained {final_top1:.1f}%")
 
 
 def _echo(msg: str) -> None:
@@ -102,7 +115,7 @@ def _prepare(args: argparse.Namespace):
         config_file = output / "config.yaml"  # resume the saved config; --set / flags still apply on top
     overrides = []
     for flag, key in ((args.epochs, "run.epochs"), (args.batch_size, "run.batch_size"), (args.device, "run.device"),
-                      (args.max_steps, "run.max_steps")):
+                      (args.max_steps, "run.max_steps"), (args.tensorboard, "run.tensorboard")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     if args.data is not None:
@@ -134,9 +147,11 @@ def _prepare(args: argparse.Namespace):
 
     if demo:
         config.data.path = str(_demo_dataset(config, dist_info.is_main))
+        if config.data.bands is None:  # the RGB demo is labelled: train on its train list, score its val list
+            _use_demo_lists(config, Path(config.data.path))
         if dist_info.is_main:
             _echo(f"No --data given: training the '{config.preset}' preset on {DEMO_IMAGES} GENERATED images "
-                  f"(textures, not real imagery) in {config.data.path}.\n"
+                  f"(stripes, checkerboards, dots and rings, not real imagery) in {config.data.path}.\n"
                   "Point it at real imagery with --data PATH (an image folder or a SeCo root) "
                   "[--data-list FILE] [--preset dino-mc-vits8].")
     if config.data.bands is not None and args.resume != "yes":  # bands and statistics now: errors before step 0
@@ -184,7 +199,7 @@ def _newest_run(preset: str) -> Path:
 
 def _demo_dataset(config, is_main: bool) -> Path:
     """Generated images in a cache folder shared by runs ($FASTDINO_CACHE or ~/.cache/fastdino)."""
-    from fastdino.dataloading import make_synthetic_dataset
+    from fastdino.dataloading.synthetic import make_demo_dataset
 
     size = max(64, max(v["size"] for v in config.augment["global_views"]))
     cache = Path(os.environ.get("FASTDINO_CACHE", Path.home() / ".cache" / "fastdino"))
@@ -194,11 +209,23 @@ def _demo_dataset(config, is_main: bool) -> Path:
         root = demo_dataset(cache, DEMO_IMAGES, size) if is_main else None
         barrier()
         return root or cache / f"synthetic-ms-{DEMO_IMAGES}x{size}"
-    root = cache / f"synthetic-{DEMO_IMAGES}x{size}"
+    root = cache / f"demo-{DEMO_IMAGES}+{DEMO_VAL_IMAGES}x{size}"
     if is_main:
-        make_synthetic_dataset(root, n_images=DEMO_IMAGES, size=size, seed=0)
+        make_demo_dataset(root, n_train=DEMO_IMAGES, n_val=DEMO_VAL_IMAGES, size=size, seed=0)
     barrier()
     return root
+
+
+def _use_demo_lists(config, root: Path) -> None:
+    """Train on the demo's train list; unless the user set the online k-NN, score its held-out val list against
+    the train images, and the initial weights too, so the summary shows what training gained."""
+    from fastdino.dataloading.synthetic import DEMO_TRAIN_LIST, DEMO_VAL_LIST
+
+    config.data.list_file = str(root / DEMO_TRAIN_LIST)
+    e = config.eval
+    if e.knn_train is None and e.knn_val is None:
+        e.knn_train, e.knn_val, e.knn_root = str(root / DEMO_TRAIN_LIST), str(root / DEMO_VAL_LIST), str(root)
+        e.knn_bank_size, e.knn_at_start = 0, True
 
 
 def _stamp() -> str:

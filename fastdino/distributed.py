@@ -60,6 +60,21 @@ def init_distributed(device_type: str) -> DistInfo:
     return info
 
 
+def elastic_store_warning() -> str | None:
+    """The advice for a run under torchrun's elastic restarts (--max-restarts > 0) whose agents share one TCPStore
+    across rendezvous rounds (TORCHELASTIC_USE_AGENT_STORE, torchrun's default): the restarted workers can read
+    the connection addresses the dead ones left in that store and fail to connect ("Gloo connectFullMesh failed
+    ... Connection refused", or a hang), restart after restart (seen with torch 2.14 in tests/test_elastic.py: 4
+    restarts and 55 s instead of 1 restart and 14 s). TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives every round a
+    fresh store."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) == 0:
+        return None
+    return ("elastic restarts with torchrun's shared rendezvous store: a restarted group can fail to reconnect; "
+            "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun (docs/distributed.md)")
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -30,10 +30,19 @@ from torch import nn
 import fastdino
 from fastdino import checkpoint as ckpt_io
 from fastdino.config import Config, ConfigError, backbone_kwargs, config_diff, head_kwargs, save_config, scaled_lr
-from fastdino.distributed import SINGLE_PROCESS, DistInfo, all_reduce_mean, cleanup, init_distributed, per_rank_batch
+from fastdino.distributed import (
+    SINGLE_PROCESS,
+    DistInfo,
+    all_reduce_mean,
+    cleanup,
+    elastic_store_warning,
+    init_distributed,
+    per_rank_batch,
+)
 from fastdino.multi_tensor import group_by_device_and_dtype, scale_each_
 from fastdino.preemption import RunControl, StopSignals, resume_command
 from fastdino.schedules import cosine_schedule, schedule_warnings, teacher_temp_schedule
+from fastdino.tensorboard_log import TensorBoardLog, picture_file, require_tensorboard
 
 
 class NonFiniteLossError(RuntimeError):
@@ -200,7 +209,7 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
     dino_loss = DINOLoss(config.model.out_dim, n_views, lc.warmup_teacher_temp, lc.teacher_temp,
                          lc.warmup_teacher_temp_epochs, config.run.epochs, lc.student_temp, lc.center_momentum,
                          n_global=n_global, backend="reference" if reference else lc.backend,
-                         centering=lc.centering).to(device)
+                         centering=lc.centering, inplace=True).to(device)  # nothing reads the logits after the loss
     ibot_loss = IBOTPatchLoss(config.model.out_dim, lc.student_temp, lc.center_momentum, lc.centering).to(device) \
         if lc.ibot_weight else None
     ibot_temps = teacher_temp_schedule(lc.warmup_teacher_temp, lc.ibot_teacher_temp, lc.warmup_teacher_temp_epochs,
@@ -319,18 +328,19 @@ def build_loader(config: Config, device: torch.device, dist_info: DistInfo = SIN
         raise ValueError("data.path is not set: pass --data PATH (an image folder, a SeCo root, or the root of "
                          "--data-list), or run `fastdino train` without --data for the generated demo dataset")
     source = build_source(d.path, list_file=d.list_file, layout=d.layout, subset=d.subset, seed=config.run.seed,
-                          acquisitions="all" if d.temporal else d.acquisitions)
+                          acquisitions="all" if d.temporal else d.acquisitions, temporal=d.temporal)
     spec = AugmentationSpec.from_dict(config.augment)
     if spec.bands:  # multispectral: the band order of multi-band files (fastdino/multispectral.py)
         from fastdino.multispectral import attach_file_bands
 
         attach_file_bands(source, config)
-    n_images = len(source.locations) if d.temporal else len(source.paths)
+    n_images = source.num_locations if d.temporal else len(source)
     loader = build_pipeline(source, spec, batch_size=per_rank_batch(config.run.batch_size, dist_info.world_size),
                             device=device, backend=backend or d.backend,
                             num_threads=resolve_num_threads(d.num_threads, device, dist_info),
                             seed=config.run.seed, rank=dist_info.rank, world_size=dist_info.world_size,
                             temporal=d.temporal, strict=d.strict)
+    loader.source = source  # the images themselves: the TensorBoard attention picture shows the first one
     return loader, spec, n_images
 
 
@@ -339,10 +349,13 @@ def build_loader(config: Config, device: torch.device, dist_info: DistInfo = SIN
 
 
 class RunLog:
-    """Progress lines to stdout and train.log, metrics to metrics.jsonl; silent on ranks other than 0."""
+    """Progress lines to stdout and train.log, metrics to metrics.jsonl (and to TensorBoard when `tensorboard` is
+    set); silent on ranks other than 0."""
 
     def __init__(self, run_dir: Path, enabled: bool, echo: Callable[[str], None] = print):
         self.run_dir, self.enabled, self.echo = run_dir, enabled, echo
+        self.tensorboard: TensorBoardLog | None = None
+        self.picture: str | None = None  # the image of the TensorBoard attention picture
 
     def info(self, msg: str) -> None:
         if self.enabled:
@@ -354,6 +367,35 @@ class RunLog:
         if self.enabled:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.tensorboard is not None:
+                self.tensorboard.record(record)
+
+    def open_tensorboard(self, resume_step: int | None, source, backbone: nn.Module) -> None:
+        """RUN/tensorboard/ (rank 0); the attention picture shows the source's first image, if a ViT draws it."""
+        if not self.enabled:
+            return
+        self.tensorboard = TensorBoardLog(self.run_dir, resume_step)
+        self.picture = picture_file(source) if hasattr(backbone, "last_cls_attention") else None
+        shown = f"attention picture of {self.picture} every epoch" if self.picture else "no attention picture " \
+            "(only ViT backbones have attention maps, drawn from an image file)"
+        self.info(f"tensorboard: {self.tensorboard.log_dir}, {shown}; view with: tensorboard --logdir {self.run_dir}")
+
+    def attention_picture(self, backbone: nn.Module, config: Config, step: int) -> None:
+        """The teacher's attention picture to TensorBoard (end of an epoch). A drawing failure is reported and ends
+        the pictures, never the run."""
+        if self.tensorboard is None or self.picture is None:
+            return
+        try:
+            self.tensorboard.attention(backbone, config.to_dict(), self.picture, step)
+        except Exception as e:  # noqa: BLE001 - a picture must not stop training
+            self.info(f"WARNING: the attention picture of {self.picture} failed ({type(e).__name__}: {e}); "
+                      "no more pictures in this run")
+            self.picture = None
+
+    def close_tensorboard(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -398,6 +440,10 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
     configure_cpu_threads(config, device, dist_info)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(run_dir, dist_info.is_main, echo)
+    if (advice := elastic_store_warning()) is not None:
+        log.info(f"WARNING: {advice}")
+    if config.run.tensorboard:
+        require_tensorboard()  # a missing package is an error now, before the data and the models are built
     if config.data.bands is not None:  # multispectral: bands, per-band statistics, in_chans into the config
         from fastdino.multispectral import resolve_multispectral
 
@@ -449,6 +495,8 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
     world = dist_info.world_size
     n_params = sum(p.numel() for p in tr.student.parameters())
     log.info(f"data: {n_images} images from {config.data.path}, pipeline {loader.backend}, {ipe} iterations/epoch")
+    for note in getattr(loader, "notes", ()):  # what the pipeline found about the files, said once per run
+        log.info(f"WARNING: {note}")
     arch = config.model.arch + (f"/{config.model.patch_size}" if config.model.patch_size else "")  # CNNs: no patch
     log.info(f"model: {arch} + head K={config.model.out_dim}, "
              f"{n_params / 1e6:.1f}M student parameters; views {spec.view_sizes}")
@@ -466,8 +514,14 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
     knn = OnlineKNN.from_config(config, device, dist_info)  # the eval.knn_* monitor; None unless configured
     if knn is not None:
         log.info(knn.describe())
+    knn_start = knn_last = None  # the records of the first and the latest evaluation, for the summary
+    if knn is not None and config.eval.knn_at_start:
+        knn_start = _knn_at_start(knn, tr.teacher["backbone"], log, epochs, init_from) if not resume \
+            else _logged_start(run_dir)
 
     done = start_epoch * ipe + start_batch  # iterations finished
+    if config.run.tensorboard:  # a resume hides what the interrupted run logged after its checkpoint
+        log.open_tensorboard(done if resume else None, loader.source, tr.teacher["backbone"])
     start_done = done
     images_per_step = config.run.batch_size  # global
     loop_start, windows, last_loss = time.time(), [], float("nan")  # windows: (steps, seconds) per log line
@@ -531,6 +585,7 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
             if knn is not None and not last_of_epoch and knn.due_mid_epoch(done):  # a collective, like below
                 log.metrics(rec := knn.evaluate(tr.teacher["backbone"], epoch=epoch, iteration=it, mid_epoch=True))
                 log.info(knn.format(rec, epochs))
+                knn_last = rec
                 t_window += rec["knn_seconds"]  # evaluating is not training: keep it out of the window's img/s
             decision = control.after_step(done)
             stop = decision.stop
@@ -546,6 +601,8 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
             if knn is not None and knn.due(epoch + 1, epochs):  # a collective: every rank evaluates a share
                 log.metrics(rec := knn.evaluate(tr.teacher["backbone"], epoch=epoch, iteration=done - 1))
                 log.info(knn.format(rec, epochs))
+                knn_last = rec
+            log.attention_picture(tr.teacher["backbone"], config, done - 1)
         if stop or done == total:
             break
     control.close()
@@ -557,8 +614,11 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
     summary = dict(type="summary", img_per_s=img_per_s,
                    peak_mem_gib=peak_memory_gib(device), wall_s=wall, steps=done, final_loss=last_loss,
                    device=str(device), world_size=world, skipped_images=len(skipped),
-                   stopped=stop.name if stop else None)
+                   stopped=stop.name if stop else None,
+                   knn_start_top1=knn_start["knn_top1"] if knn_start else None,
+                   knn_top1=knn_last["knn_top1"] if knn_last else None)
     log.metrics(summary)
+    log.close_tensorboard()
     skipped_note = f"; {len(skipped)} corrupt or unreadable image(s) skipped (listed in train.log)" if skipped else ""
     if stop:
         position = f"{i + 1} of {ipe} batches done" if i + 1 < ipe else "its last batch done"
@@ -575,7 +635,41 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
     log.info(f"done: {done} steps, {summary['img_per_s']:.1f} img/s (global, after the first log window), "
              f"peak memory {summary['peak_mem_gib']:.2f} GiB, wall time {_hms(wall)}; run folder {run_dir}"
              f"{skipped_note}")
+    if knn_last is not None:
+        log.info(_knn_progress(knn_start, knn_last))
     return summary
+
+
+def _knn_at_start(knn, backbone: nn.Module, log: RunLog, epochs: int, init_from) -> dict:
+    """The online k-NN of the initial teacher, before step 0 (a collective): logged with at_start=True at
+    iteration -1, so the curve starts where training starts; init_from names the weights when not random."""
+    record = knn.evaluate(backbone, epoch=0, iteration=-1, at_start=True, init_from=str(init_from) if init_from
+                          else None)
+    log.metrics(record)
+    log.info(knn.format(record, epochs))
+    return record
+
+
+def _logged_start(run_dir: Path) -> dict | None:
+    """A resumed run's before-step-0 k-NN record, from the metrics.jsonl the interrupted run wrote (None if absent)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if isinstance(record, dict) and record.get("type") == "knn" and record.get("at_start"):
+            return record
+    return None
+
+
+def _knn_progress(start: dict | None, last: dict) -> str:
+    """The summary's k-NN line: the initial weights' top-1 (when measured) and the last one."""
+    before = f"{start['knn_top1']:.1f}% before training -> " if start else ""
+    return (f"online k-NN on {last['knn_val']} val images: top-1 {before}{last['knn_top1']:.1f}% after "
+            f"step {last['iteration'] + 1}")
 
 
 def _export_final(run_dir: Path) -> str:

@@ -64,7 +64,6 @@ def attention_figure(
     checkpoint: Path, image: Path, output: Path | None = None, image_size: int | None = None, panel_size: int = 192
 ) -> Path:
     """Load the teacher, compute its last-block CLS attention on `image` and save the grid PNG."""
-    from fastdino.eval.features import EvalTransform, load_image
     from fastdino.eval.teacher import load_teacher
 
     if not Path(checkpoint).exists():  # checked before the image, so each error names its own option
@@ -72,10 +71,24 @@ def attention_figure(
     if not Path(image).is_file():
         raise FileNotFoundError(f"--image {image} does not exist")
     backbone, config = load_teacher(checkpoint)
+    grid = attention_picture(backbone.eval(), config, image, image_size, panel_size)
+    if output is None:
+        ckpt = Path(checkpoint)
+        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+        output = run_dir / "plots" / f"attention_{Path(image).stem}.png"
+    return _save(grid, output)
+
+
+def attention_picture(backbone: torch.nn.Module, config: dict, image: Path, image_size: int | None = None,
+                      panel_size: int = 192) -> Image.Image:
+    """The attention grid of `backbone` (a ViT, in the mode the caller chose) on `image`, prepared as `fastdino eval`
+    prepares images for a backbone trained with `config` (a resolved config dict). The trainer calls it on the
+    teacher every epoch for TensorBoard, on the teacher's device."""
+    from fastdino.dataloading.multispectral import prepared_root
+    from fastdino.eval.features import EvalTransform, load_image
+
     if not hasattr(backbone, "last_cls_attention"):
         raise ValueError(f"arch {config.get('model', {}).get('arch')!r} has no attention maps: only ViT backbones do")
-    from fastdino.dataloading.multispectral import prepared_root
-
     transform = EvalTransform.from_config(config, image_size, prepared_root(image))
     if hasattr(transform, "load"):  # multispectral: the model sees every band; the picture is B4, B3, B2
         from fastdino.dataloading.multispectral import rgb_composite
@@ -85,15 +98,11 @@ def attention_figure(
     else:
         picture = load_image(image).convert("RGB")
         model_input = transform(picture)
+    device = next(backbone.parameters()).device
     with torch.no_grad():
-        attn = backbone.eval().last_cls_attention(model_input[None])[0]  # [heads, h, w]
+        attn = backbone.last_cls_attention(model_input[None].to(device))[0].float().cpu()  # [heads, h, w]
     shown = picture.resize((transform.size, transform.size), Image.BICUBIC)  # what the backbone saw
-    grid = attention_grid(shown, attn, panel_size)
-    if output is None:
-        ckpt = Path(checkpoint)
-        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-        output = run_dir / "plots" / f"attention_{Path(image).stem}.png"
-    return _save(grid, output)
+    return attention_grid(shown, attn, panel_size)
 
 
 def attention_grid(image: Image.Image, attn: torch.Tensor, panel_size: int = 192) -> Image.Image:
@@ -180,7 +189,7 @@ def plot_curves(run_dir: str | Path, out_png: str | Path, *, dpi: int = 100) -> 
     for ax, (key, title, log) in zip(axes.flat, CURVES, strict=True):
         _plot_key(ax, records, key, title, log)
         if key == "loss" and knn:  # the online k-NN monitor's accuracy, on the loss's iteration axis
-            _plot_key(ax.twinx(), knn, "knn_top1", "", False, color="tab:green", label="k-NN top-1 (%)", marker="o")
+            plot_knn(ax.twinx(), knn)
             ax.set_title("DINO loss (blue), online k-NN top-1 % (green)")
         if key == "lr" and any(_number(r.get("wd")) is not None for r in records):
             _plot_key(ax.twinx(), records, "wd", "", False, color="tab:orange", label="weight decay")
@@ -192,6 +201,18 @@ def plot_curves(run_dir: str | Path, out_png: str | Path, *, dpi: int = 100) -> 
     fig.savefig(out_png, dpi=dpi)
     plt.close(fig)
     return out_png
+
+
+def plot_knn(ax, knn: list[dict]) -> None:
+    """The online k-NN top-1 curve; the initial weights' level (the record logged before step 0, eval.knn_at_start)
+    as a dashed line across the plot, so what training gained is read off at a glance."""
+    _plot_key(ax, knn, "knn_top1", "", False, color="tab:green", label="k-NN top-1 (%)", marker="o")
+    start = next((r for r in knn if r.get("at_start") and _number(r.get("knn_top1")) is not None), None)
+    if start is not None:
+        level = float(start["knn_top1"])
+        name = "initial weights" if start.get("init_from") else "random init"
+        ax.axhline(level, color="tab:green", linestyle="--", alpha=0.6, label=f"{name}: {level:.1f}%")
+        ax.legend(loc="lower right", fontsize="small")
 
 
 def _plot_key(ax, records, key, title, log, color="tab:blue", label=None, marker=None):

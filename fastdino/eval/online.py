@@ -167,7 +167,9 @@ class OnlineKNN:
     def format(self, record: dict, total_epochs: int) -> str:
         """The progress line of one evaluation."""
         where = f"epoch {record['epoch'] + 1}/{total_epochs}"
-        if record.get("mid_epoch"):
+        if record.get("at_start"):
+            where = "before step 0"
+        elif record.get("mid_epoch"):
             where += f" step {record['iteration'] + 1}"
         return (f"{where}  k-NN top-1 {record['knn_top1']:.2f}  "
                 f"top-5 {record['knn_top5']:.2f}  (val {record['knn_val']}, bank {record['knn_bank']}, "
