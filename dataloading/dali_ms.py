@@ -8,11 +8,18 @@ split into a per-band gain and offset and a 3 x 3 block on B4, B3, B2) and the b
 work (resize, colour, blur, flip, normalise: dali_ms_graph.py). So both pipelines draw the same views from the
 same seed, and a resume inside an epoch needs nothing but the position: the draws are a function of (seed, epoch,
 index), not of DALI's generators.
+
+Reading and drawing cost the host ~5 ms per 12-band image (bench/test_host_cost.py), one core's worth at 200 img/s:
+with `workers` > 0 the samples are made in that many DataLoader worker processes (each runs this feeder's own
+`_sample`, so the batches are bitwise those of `workers=0`), and the feeder hands DALI what they made, in order.
+A corrupt file a worker finds is sent back with the sample and counted here, as without workers.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
 
 from .dali_pipeline import _Feeder
 from .ms_augment import colour_blocks
@@ -43,8 +50,13 @@ class MSFeeder(_Feeder):
 
     files_per_image = 1
 
-    def __init__(self, items, sampler, batch_size, spec, temporal, seed, strict, reader):
+    def __init__(self, items, sampler, batch_size, spec, temporal, seed, strict, reader, workers: int = 0):
         super().__init__(items, sampler, batch_size, spec.n_dates, 1, temporal, seed, strict)
+        if workers < 0:
+            raise ValueError(f"feed workers={workers} must be >= 0 (0: the samples are made in DALI's callback)")
+        self.workers = workers
+        self._batches = None  # workers > 0: the DataLoader iterator over the rest of the epoch
+        self._next_batch = -1  # the batch it yields next
         self.spec, self.reader = spec, reader
         self.groups = spec.views()
         self.n_slots = spec.n_dates if temporal else 1
@@ -53,6 +65,30 @@ class MSFeeder(_Feeder):
         self.mean, self.std = np.asarray(spec.mean, np.float64), np.asarray(spec.std, np.float64)
         self.layout = param_layout(len(spec.bands))
         self.n_params = max(at.stop for at in self.layout.values())
+
+    def plan(self, epoch: int, start: int = 0) -> None:
+        super().plan(epoch, start)
+        self._batches, self._next_batch = None, -1
+
+    def __call__(self, info):
+        if not self.workers:
+            return super().__call__(info)
+        b = self.start + info.iteration
+        if b >= self.n_batches:
+            raise StopIteration
+        if self._batches is None or self._next_batch != b:  # the first batch, or a pipeline rebuilt at batch b
+            self._batches = iter(self._loader(b))
+        samples = next(self._batches)
+        self._next_batch = b + 1
+        for _, found in samples:
+            self.bad.update(found)
+        return tuple([t.numpy() for t in col] for col in zip(*(outputs for outputs, _ in samples), strict=True))
+
+    def _loader(self, first_batch: int) -> DataLoader:
+        """Worker processes making batches first_batch, first_batch + 1, ... of the planned epoch, in order."""
+        keys = [(self.epoch, i) for i in self.order[first_batch * self.batch_size:self.n_batches * self.batch_size]]
+        return DataLoader(_WorkerSamples(self), batch_size=self.batch_size, sampler=keys, num_workers=self.workers,
+                          collate_fn=list, prefetch_factor=2)
 
     def _sample(self, index: int):
         """As MultiViewDataset.__getitem__: an unreadable item is replaced by the next one, with that one's draws."""
@@ -118,6 +154,25 @@ class MSFeeder(_Feeder):
 
     def find_culprits(self, first_batch: int) -> list[str]:
         return []  # files are read here, in Python: a DALI failure is not a file's fault
+
+
+class _WorkerSamples(Dataset):
+    """MSFeeder._sample in a DataLoader worker: (the sample's outputs, the items found corrupt on the way)."""
+
+    def __init__(self, feeder: MSFeeder):
+        self.feeder = feeder
+
+    def __len__(self) -> int:
+        return len(self.feeder.items)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        feeder = self.feeder
+        feeder.epoch = epoch  # the draws are a function of (seed, epoch, index), as in the feeder itself
+        known = set(feeder.bad)
+        outputs, _ = feeder._sample(index)
+        # as torch tensors: the DataLoader hands those over in shared memory instead of pickling the pixels
+        return [torch.from_numpy(a) for a in outputs], sorted(feeder.bad - known)
 
 
 def _dali_array(a: np.ndarray) -> np.ndarray:

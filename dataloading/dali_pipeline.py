@@ -264,7 +264,7 @@ class DaliPipeline:
 
     def __init__(self, source, spec: AugmentationSpec, *, batch_size: int, device="cpu", gpu: bool = False,
                  num_threads: int = 2, seed: int = 0, rank: int = 0, world_size: int = 1, temporal: bool = False,
-                 strict: bool = False):
+                 strict: bool = False, feed_workers: int = 0):
         import nvidia.dali  # noqa: F401  (fail here, where build_pipeline can fall back)
 
         check_temporal(spec, temporal)
@@ -282,7 +282,7 @@ class DaliPipeline:
             from .torch_pipeline import band_reader
 
             self.feeder = MSFeeder(items, self.sampler, batch_size, spec, temporal, seed, strict,
-                                   band_reader(source, spec))
+                                   band_reader(source, spec), workers=feed_workers)
             self.source_pixels = 0
         else:
             self.feeder = _Feeder(items, self.sampler, batch_size, spec.n_dates, _files_per_image(source, items),

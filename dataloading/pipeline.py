@@ -23,14 +23,15 @@ def dali_available() -> bool:
 
 def build_pipeline(source, spec: AugmentationSpec, *, batch_size: int, device="cpu", backend: str = "auto",
                    num_threads: int = 2, seed: int = 0, rank: int = 0, world_size: int = 1, temporal: bool = False,
-                   strict: bool = False):
+                   strict: bool = False, feed_workers: int = 0):
     """An iterable of `list[Tensor[B, 3, H_v, W_v]]` on `device` (global views first) with len() = batches per
     epoch (drop_last), `.set_epoch(e)`, `.backend` ("dali-gpu", "dali-cpu" or "torch") and `.num_skipped`.
 
     backend: "auto" (DALI on the device's kind when DALI imports and builds, else torch), "dali" (DALI on the
     device's kind), "dali-gpu", "dali-cpu" or "torch". A forced DALI backend that cannot run is an error;
     "auto" logs why it fell back. num_threads: DALI CPU threads, or DataLoader workers for torch (0 = load in
-    the main process)."""
+    the main process). feed_workers (DALI, multispectral): processes that read the band files and draw the views'
+    parameters for DALI (dali_ms.py; 0: in DALI's callback, one core's worth)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}; use one of {BACKENDS}")
     if not isinstance(spec, AugmentationSpec):
@@ -50,7 +51,7 @@ def build_pipeline(source, spec: AugmentationSpec, *, batch_size: int, device="c
     try:
         from .dali_pipeline import DaliPipeline
 
-        pipe = DaliPipeline(source, spec, gpu=want == "dali-gpu", **kwargs)
+        pipe = DaliPipeline(source, spec, gpu=want == "dali-gpu", feed_workers=feed_workers, **kwargs)
     except (ValueError, TypeError):
         raise  # bad arguments are the caller's to fix, whatever the backend
     except Exception as e:

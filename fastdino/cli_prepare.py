@@ -135,6 +135,8 @@ def _run_shards(args: argparse.Namespace) -> int:
         result = write_shards(source, args.output, shard_bytes=shard_bytes, band_stats=stats,
                               extra={"file_bands": list(file_bands) if file_bands else None}, version=__version__,
                               progress=not args.no_progress, overwrite=args.overwrite)
+        if stats is not None:  # where training looks for it by default (data.stats: null)
+            shutil.copyfile(root / STATS_FILE, args.output / STATS_FILE)
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"fastdino prepare: error: {e}", file=sys.stderr)
         return 2

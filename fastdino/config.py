@@ -74,6 +74,9 @@ class DataConfig:
     # share of the cores less one, at most 10 (fastdino.train.resolve_num_threads)
     num_threads: int | str = "auto"
     strict: bool = False  # True: a corrupt image is an error; False: skipped and counted
+    # DALI, multispectral: processes that read the band files and draw each view's parameters (~5 ms per 12-band
+    # image on the host, bench/test_host_cost.py); 0: in DALI's callback, one core's worth (~200 img/s)
+    feed_workers: int = 0
     temporal: bool = False  # DINO-TP: a sample is a SeCo location, its views cut from 3 dates (augment_preset dino-tp)
     acquisitions: str = "one"  # SeCo without temporal: one (per location, seeded, as DINO-MC's MCBase) | all
     # Multispectral (docs/data.md "Multispectral"): Sentinel-2 band names [B4, B3, B2, B8, ...], a set (rgb, s2,
@@ -574,8 +577,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key}={get(key)!r}: {what}")
 
     from fastdino.dataloading import AugmentationSpec
-    from fastdino.dataloading.pipeline import BACKENDS
     from fastdino.dataloading.datasets import LAYOUTS
+    from fastdino.dataloading.pipeline import BACKENDS
 
     for key, choices in {**_CHOICES, "data.layout": LAYOUTS, "data.backend": BACKENDS}.items():
         need(get(key) in choices, key, f"choose one of {', '.join(choices)}")
@@ -613,6 +616,7 @@ def validate(config: Config) -> None:
     need(not get("loss.ibot_weight") or get("model.arch").startswith("vit"), "loss.ibot_weight",
          f"iBOT masks ViT patch tokens; model.arch={get('model.arch')} has none (set loss.ibot_weight=0)")
     need(0 < get("data.subset") <= 1, "data.subset", "must be in (0, 1] (a fraction of the images)")
+    need(get("data.feed_workers") >= 0, "data.feed_workers", "must be >= 0 (0: no worker processes)")
     need(0 <= get("model.drop_path_rate") < 1, "model.drop_path_rate", "must be in [0, 1)")
     from fastdino.models import list_backbones
     from fastdino.models.attention import ATTN_BACKENDS

@@ -339,7 +339,7 @@ def build_loader(config: Config, device: torch.device, dist_info: DistInfo = SIN
                             device=device, backend=backend or d.backend,
                             num_threads=resolve_num_threads(d.num_threads, device, dist_info),
                             seed=config.run.seed, rank=dist_info.rank, world_size=dist_info.world_size,
-                            temporal=d.temporal, strict=d.strict)
+                            temporal=d.temporal, strict=d.strict, feed_workers=d.feed_workers)
     loader.source = source  # the images themselves: the TensorBoard attention picture shows the first one
     return loader, spec, n_images
 

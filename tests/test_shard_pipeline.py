@@ -152,3 +152,30 @@ def test_a_run_on_shards_killed_after_a_mid_epoch_checkpoint_resumes_bitwise(tmp
     assert_same_training_state(full, part)
     assert [r["loss"] for r in records(part)] == [r["loss"] for r in records(full)]
     assert np.isfinite([r["loss"] for r in records(part)]).all()
+
+
+def test_multispectral_run_on_shards_finds_its_bands_and_statistics(tmp_path):
+    """EuroSAT-MS-shaped 13-band TIFFs -> `fastdino stats` -> shards (with --file-bands): `tiny-ms` trains on the
+    shard folder alone, the band order from shards.json and the statistics copied beside the shards."""
+    from fastdino.dataloading.synthetic_ms import make_synthetic_ms_dataset
+
+    from fastdino.cli import main
+
+    root = make_synthetic_ms_dataset(tmp_path / "ms", n_images=12, size=32)
+    assert main(["stats", "--data", str(root), "--file-bands", "eurosat-ms"]) == 0
+    out = tmp_path / "shards"
+    assert main(["prepare", "--format", "shards", "--data", str(root), "--file-bands", "eurosat-ms", "--output",
+                 str(out), "--no-progress"]) == 0
+    assert (out / "band_stats.json").is_file()
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny-ms", "--data", str(out), "--output", str(run), "--max-steps", "2",
+                 "--batch-size", "4", "--device", "cpu", "--set", "data.file_bands=null",
+                 *[a for kv in SMALL_MS for a in ("--set", kv)]]) == 0
+    config = (run / "config.yaml").read_text()
+    assert "in_chans: 13" in config and "B8A" in config
+    assert len(records(run)) == 2
+
+
+SMALL_MS = ["model.img_size=32", "model.out_dim=256", "model.hidden_dim=64", "model.bottleneck_dim=32",
+            "augment.global_views=[{size: 32}, {size: 32}]", "augment.local_views=[{size: 16, count: 2}]",
+            "run.log_every=1", "data.num_threads=0"]
