@@ -3,6 +3,7 @@ run learned (the online k-NN of the initial weights and of the trained teacher).
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import Counter
 from pathlib import Path
@@ -75,6 +76,52 @@ def test_demo_classes_share_no_colour(tmp_path):
 def test_demo_dataset_rejects_empty_splits(tmp_path):
     with pytest.raises(ValueError, match="n_val >= 1.*n_val=0"):
         make_demo_dataset(tmp_path / "demo", n_train=5, n_val=0, size=24)
+
+
+def resolve(argv: list[str]):
+    """The config `fastdino train ARGV` would train, without training."""
+    import fastdino.cli_train as cli_train
+
+    parser = argparse.ArgumentParser()
+    cli_train.add_arguments(parser)
+    config, _, demo = cli_train._prepare(parser.parse_args(argv))
+    return config, demo
+
+
+def view_sizes(config) -> tuple[list[int], list[int]]:
+    augment = config.augment
+    return ([g["size"] for g in augment["global_views"] for _ in range(g["count"])],
+            [g["size"] for g in augment["local_views"] for _ in range(g["count"])])
+
+
+def test_no_arguments_train_the_demo_recipe(tmp_path, monkeypatch):
+    """`fastdino train` alone: small views, many steps, a teacher that follows the student and colour taken out of
+    the views, so the k-NN gain shows within a minute on 2 CPU cores."""
+    import fastdino.cli_train as cli_train
+
+    monkeypatch.setattr(cli_train, "DEMO_IMAGES", 10)
+    monkeypatch.setattr(cli_train, "DEMO_VAL_IMAGES", 5)
+    config, demo = resolve(["--output", str(tmp_path / "run")])
+    assert demo and config.preset == "tiny" and config.model.img_size == 32
+    assert view_sizes(config) == ([32, 32], [16, 16, 16, 16])
+    assert (config.run.epochs, config.optim.lr, config.loss.momentum_teacher) == (20, 4e-3, 0.95)
+    assert config.loss.ibot_weight == 0 and config.eval.knn_every == 5 and config.eval.knn_at_start
+    for view in config.augment["global_views"] + config.augment["local_views"]:
+        assert view["jitter"][3] == 0.5 and view["grayscale_p"] == 0.5  # any hue, half the views grey
+
+    # the user's flags and --set win over the recipe; the rest of it stays
+    config, _ = resolve(["--output", str(tmp_path / "mine"), "--epochs", "2", "--set", "loss.momentum_teacher=0.99"])
+    assert (config.run.epochs, config.loss.momentum_teacher, config.model.img_size) == (2, 0.99, 32)
+
+
+def test_a_named_preset_on_the_demo_images_is_that_preset(tmp_path, monkeypatch):
+    import fastdino.cli_train as cli_train
+
+    monkeypatch.setattr(cli_train, "DEMO_IMAGES", 10)
+    monkeypatch.setattr(cli_train, "DEMO_VAL_IMAGES", 5)
+    config, demo = resolve(["--output", str(tmp_path / "run"), "--preset", "tiny"])
+    assert demo and config.model.img_size == 64 and view_sizes(config) == ([64, 64], [48, 40, 32, 24])
+    assert (config.run.epochs, config.loss.momentum_teacher, config.loss.ibot_weight) == (3, 0.996, 1.0)
 
 
 def test_default_run_reports_knn_before_and_after_training(tmp_path, capsys, monkeypatch):
