@@ -102,3 +102,32 @@ def test_read_seco_corpus(benchmark, corpus, impl, what, kind, cache):
            cold=cache == "cold" and dropped[0])
     benchmark.pedantic(epoch, setup=setup, rounds=3 if benchmark.enabled else 1, iterations=1)
     benchmark.extra_info["host_cpu_ms_per_image"] = 1e3 * float(np.median(cpu[1:] or cpu)) / len(items)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fastdino"])
+def test_full_cpu_pipeline_dino_mc_views(benchmark, corpus, impl):
+    """The whole CPU pipeline (DALI CPU: read, decode, all 8 DINO-MC views) on the corpus' RGB previews, from the
+    file tree (reference) or the shards (fastdino), 2 threads, warm: on a CPU the pixel work, not the reading,
+    sets the pace, so the two should tie."""
+    from fastdino.dataloading import AugmentationSpec, build_pipeline, dali_available
+
+    if not dali_available():
+        pytest.skip("nvidia-dali is not installed (pip install 'fastdino[dali]')")
+    root, shard_dir = corpus
+    source = build_shard_source(shard_dir, acquisitions="one") if impl == "fastdino" else \
+        build_source(root, layout="seco", acquisitions="one")
+    batch = 16
+    n_batches = 10 if benchmark.enabled else 2
+    pipe = build_pipeline(source, AugmentationSpec.preset("dino-mc"), batch_size=batch, backend="dali-cpu",
+                          num_threads=2)
+
+    def epoch_part():
+        pipe.set_epoch(0)
+        for b, _ in enumerate(pipe):
+            if b + 1 == n_batches:
+                break
+
+    epoch_part()
+    record(benchmark, group=f"CPU pipeline, DINO-MC views, SeCo previews ({LOCATIONS} locations), DALI CPU 2 threads",
+           impl=impl, images=n_batches * batch, device="cpu", source="shards" if impl == "fastdino" else "file tree")
+    benchmark.pedantic(epoch_part, rounds=3 if benchmark.enabled else 1, iterations=1)
