@@ -200,13 +200,14 @@ def test_wrapper_runs_the_head_on_the_masked_patches_only():
     wrapper = MultiCropWrapper(backbone, head, MaskToken(backbone.embed_dim))
     views = [torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64), torch.randn(2, 3, 32, 32)]
     masks = [sample_patch_masks(2, 16, mask_prob=1.0) for _ in range(2)]
-    logits, features, patch_logits = wrapper(views, masks=masks, patch_views=2)
+    student = wrapper(views, masks=masks, patch_views=2)
     cls, patches = backbone.forward_views(views, masks=masks, mask_token=wrapper.mask_token.weight[0],
                                           patch_views=2)
-    torch.testing.assert_close(logits, head(cls))
-    torch.testing.assert_close(patch_logits, head(patches[torch.cat(masks)]))
-    _, _, teacher_patch_logits = wrapper(views[:2], patch_views=2)
-    assert teacher_patch_logits.shape == (4, 16, 32)
+    torch.testing.assert_close(student.logits, head(cls))
+    torch.testing.assert_close(student.patch_logits, head(patches[torch.cat(masks)]))
+    assert student.patch_logit_means is None  # the teacher's field
+    teacher = wrapper(views[:2], patch_views=2)
+    assert teacher.patch_logits.shape == (4, 16, 32) and teacher.patch_logit_means is None
 
 
 @pytest.mark.parametrize("patch,size,out_dim,dtype", [(16, 64, 32, torch.float32), (8, 40, 67, torch.float32),
@@ -227,11 +228,12 @@ def test_teacher_last_layer_at_the_selected_patches_and_the_mean_equals_the_full
     select = sample_patch_masks(6, grid, mask_prob=0.7)
     select[1] = False  # a crop without masks still has a mean
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        cls_logits, features, rows, means = teacher(views[:2], patch_views=2, patch_select=select)
-        full_cls, full_features, full = teacher(views[:2], patch_views=2)
-    torch.testing.assert_close(cls_logits, full_cls)
-    torch.testing.assert_close(features, full_features)
-    want_rows, want_means = teacher_at_masks(full, select)
+        selected = teacher(views[:2], patch_views=2, patch_select=select)
+        full = teacher(views[:2], patch_views=2)
+    torch.testing.assert_close(selected.logits, full.logits)
+    torch.testing.assert_close(selected.features, full.features)
+    rows, means = selected.patch_logits, selected.patch_logit_means
+    want_rows, want_means = teacher_at_masks(full.patch_logits, select)
     assert rows.shape == (int(select.sum()), out_dim) and means.shape == (6, out_dim)
     assert rows.dtype == want_rows.dtype == dtype
     torch.testing.assert_close(rows, want_rows)

@@ -15,6 +15,8 @@ from fastdino.convert import load_backbone
 from fastdino.export import export_teacher
 from fastdino.finetune.backbones import load_backbone as load_for_finetune
 from fastdino.models import (
+    ATTN_BACKENDS,
+    MultiCropOutput,
     MultiCropWrapper,
     PackedViT,
     create_backbone,
@@ -259,6 +261,13 @@ def test_factory_names_and_errors():
     assert "drop_path_rate" not in vit.timm_kwargs
 
 
+def test_backend_list_offers_no_test_only_backend():
+    """The dense stand-in for xformers' kernel lives in the tests (tests/_attention_dense.py), not in the product."""
+    assert ATTN_BACKENDS == ("auto", "xformers", "sdpa")
+    with pytest.raises(ValueError, match="attn_backend must be one of"):
+        create_backbone("vit_tiny", attn_backend="xformers-dense")
+
+
 def test_attention_backend_forcing():
     assert resolve_attn_backend("auto", "cpu") == "sdpa"
     views = make_views([64, 40], 2)
@@ -286,16 +295,29 @@ def test_last_cls_attention_matches_timm_tokens():
     assert (maps.sum((-2, -1)) < 1).all()
 
 
+def test_multicrop_wrapper_returns_named_outputs():
+    """One output type for every call, by field name; the fields a call does not produce are None."""
+    backbone = tiny_vit(8).eval()
+    head = DINOHead(backbone.embed_dim, out_dim=32, hidden_dim=16, bottleneck_dim=8)
+    views = make_views([64, 64, 44], 2)
+    out = MultiCropWrapper(backbone, head)(views)
+    assert isinstance(out, MultiCropOutput)
+    assert out.logits.shape == (6, 32) and out.features.shape == (6, backbone.embed_dim)
+    assert out.patch_logits is None and out.patch_logit_means is None
+    torch.testing.assert_close(out.features, backbone.forward_views(views), rtol=0, atol=0)
+    torch.testing.assert_close(out.logits, head(out.features), rtol=0, atol=0)
+
+
 def test_multicrop_wrapper_one_head_call():
     backbone = tiny_vit(8).eval()
     head = DINOHead(backbone.embed_dim, out_dim=32, hidden_dim=16, bottleneck_dim=8)
     calls = []
     head.register_forward_hook(lambda *a: calls.append(1))
     views = make_views([64, 64, 44, 28], 2)
-    logits = MultiCropWrapper(backbone, head)(views)
+    logits = MultiCropWrapper(backbone, head)(views).logits
     assert logits.shape == (8, 32) and len(calls) == 1
     torch.testing.assert_close(logits, head(reference_forward_views(backbone, views)), atol=1e-5, rtol=1e-4)
-    teacher_logits = MultiCropWrapper(backbone, head)(views[:2])
+    teacher_logits = MultiCropWrapper(backbone, head)(views[:2]).logits
     torch.testing.assert_close(teacher_logits, logits[:4], atol=1e-5, rtol=1e-4)
 
 

@@ -1,19 +1,20 @@
 """The CUDA code paths of the packed ViT, proven on CPU: the xformers path all but its kernel, and older timm.
 
-`attn_backend="xformers-dense"` runs the code of the CUDA xformers path (the same `block_diagonal_mask`, the same
-pack and unpack of q/k/v and of the output) and replaces only `memory_efficient_attention` by SDPA over the mask
-xformers itself materialises. Compared with the per-size reference, values and gradients, on several view sets
-(odd sizes, unequal batches, repeated sizes), train and eval; plus the fp16/bf16-only selection of xformers.
+`run_xformers_path_densely` (tests/_attention_dense.py) runs the code of the CUDA xformers path (the same
+`block_diagonal_mask`, the same pack and unpack of q/k/v and of the output) on CPU and replaces only
+`memory_efficient_attention` by SDPA over the mask xformers itself materialises. Compared with the per-size
+reference, values and gradients, on several view sets (odd sizes, unequal batches, repeated sizes), train and eval;
+plus the fp16/bf16-only selection of xformers.
 """
 
 import pytest
 import torch
+from _attention_dense import dense_block_diagonal_attention, run_xformers_path_densely
 from test_models import VIEW_SETS, assert_close_scaled, features_and_grads, make_views, tiny_vit
 
 from fastdino.models import PackedViT, reference_forward_views
 from fastdino.models import attention as attn_mod
 from fastdino.models.attention import (
-    XFORMERS_DENSE,
     attention_kernel,
     block_diagonal_mask,
     packed_attention,
@@ -67,21 +68,14 @@ def test_block_diagonal_masks_match_the_layout(case):
 @pytest.mark.parametrize("train", [False, True])
 def test_xformers_path_with_materialized_masks_matches_per_size_reference(case, train, monkeypatch):
     patch, spec = CASES[case]
-    model = tiny_vit(patch, attn_backend=XFORMERS_DENSE).train(train)
+    model = tiny_vit(patch, attn_backend="xformers").train(train)
     views = views_of(spec)
-    calls = []
-    original = attn_mod.block_diagonal_attention
-
-    def counted(q, k, v, mask, **kw):
-        calls.append((q.shape[1], k.shape[1], kw["dense"]))
-        return original(q, k, v, mask, **kw)
-
-    monkeypatch.setattr(attn_mod, "block_diagonal_attention", counted)
+    calls = run_xformers_path_densely(monkeypatch)
     out, grads = features_and_grads(model, views, model.forward_views)
     ref, ref_grads = features_and_grads(model, views, lambda v: reference_forward_views(model, v))
     layout = packed_layout(tuple(tuple(v.shape) for v in views), patch)
     # Every block went through the xformers code path: the full mask, then the CLS-only mask in the last block.
-    assert calls == [(layout.n_tokens, layout.n_tokens, True), (layout.n_crops, layout.n_tokens, True)]
+    assert calls == [(layout.n_tokens, layout.n_tokens), (layout.n_crops, layout.n_tokens)]
     assert out.shape == (sum(b for b, _ in spec), model.embed_dim)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
     assert grads.keys() == ref_grads.keys() == {n for n, _ in model.named_parameters()}
@@ -89,27 +83,31 @@ def test_xformers_path_with_materialized_masks_matches_per_size_reference(case, 
         assert_close_scaled(grads[name], ref_grads[name], msg=name)
 
 
-def test_dense_and_sdpa_paths_agree_on_one_block():
+def test_dense_and_sdpa_paths_agree_on_one_block(monkeypatch):
     """The two packed paths of one attention module, full and CLS-only, on the same packed input."""
     model = tiny_vit(8).eval()
     attn = model.timm_model.blocks[0].attn
     views = make_views([64, 64, 44, 28, 17], 2)
     layout = packed_layout(tuple(tuple(v.shape) for v in views), 8)
     x = torch.randn(layout.n_tokens, model.embed_dim)
+    calls = run_xformers_path_densely(monkeypatch)
     with torch.no_grad():
         for fn in (packed_attention, packed_cls_attention):
-            torch.testing.assert_close(fn(attn, x, layout, XFORMERS_DENSE), fn(attn, x, layout, "sdpa"), atol=1e-5,
+            torch.testing.assert_close(fn(attn, x, layout, "xformers"), fn(attn, x, layout, "sdpa"), atol=1e-5,
                                        rtol=1e-4)
+    assert calls == [(layout.n_tokens, layout.n_tokens), (layout.n_crops, layout.n_tokens)]
 
 
-def test_xformers_kernel_only_for_half_precision():
+def test_xformers_kernel_only_for_half_precision(monkeypatch):
     for dtype in (torch.float16, torch.bfloat16):
         assert attention_kernel("xformers", dtype) == "xformers"
     for dtype in (torch.float32, torch.float64):
         assert attention_kernel("xformers", dtype) == "sdpa"
     for dtype in (torch.float32, torch.bfloat16):
         assert attention_kernel("sdpa", dtype) == "sdpa"
-        assert attention_kernel(XFORMERS_DENSE, dtype) == XFORMERS_DENSE  # no operator limits: it is SDPA
+    run_xformers_path_densely(monkeypatch)
+    for dtype in (torch.float32, torch.bfloat16):
+        assert attn_mod.attention_kernel("xformers", dtype) == "xformers"  # the dense stand-in: no operator limits
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -122,12 +120,10 @@ def test_resolved_xformers_backend_picks_the_kernel_by_dtype(dtype, monkeypatch)
     x = torch.randn(layout.n_tokens, model.embed_dim, dtype=dtype)
     attn = model.timm_model.blocks[0].attn
     reached = []
-    original = attn_mod.block_diagonal_attention
 
-    def stand_in(q, k, v, mask, *, dense, **kw):
-        assert not dense
+    def stand_in(q, k, v, mask, **kw):
         reached.append(q.dtype)
-        return original(q, k, v, mask, dense=True, **kw)
+        return dense_block_diagonal_attention(q, k, v, mask, **kw)
 
     monkeypatch.setattr(attn_mod, "block_diagonal_attention", stand_in)
     with torch.no_grad():
@@ -165,18 +161,20 @@ def test_cuda_xformers_kernel_matches_the_materialized_masks_and_fp32_takes_sdpa
     kernels = []
     original = attn_mod.block_diagonal_attention
 
-    def spy(q, k, v, mask, **kw):
-        kernels.append((q.dtype, kw["dense"]))
-        return original(q, k, v, mask, **kw)
+    def spy(kernel, name):
+        def spied(q, k, v, mask, **kw):
+            kernels.append((q.dtype, name))
+            return kernel(q, k, v, mask, **kw)
+        return spied
 
-    monkeypatch.setattr(attn_mod, "block_diagonal_attention", spy)
+    monkeypatch.setattr(attn_mod, "block_diagonal_attention", spy(original, "xformers"))
     with torch.no_grad():
         fp32 = model.forward_views(views)
         assert kernels == []  # fp32: sdpa
         torch.testing.assert_close(fp32, reference_forward_views(model, views), atol=1e-3, rtol=1e-3)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             fast = model.forward_views(views)
-            model.attn_backend = XFORMERS_DENSE
+            monkeypatch.setattr(attn_mod, "block_diagonal_attention", spy(dense_block_diagonal_attention, "dense"))
             dense = model.forward_views(views)
-    assert kernels == [(torch.bfloat16, False)] * 2 + [(torch.bfloat16, True)] * 2
+    assert kernels == [(torch.bfloat16, "xformers")] * 2 + [(torch.bfloat16, "dense")] * 2
     assert (fast.float() - dense.float()).norm() <= 2e-2 * dense.float().norm()

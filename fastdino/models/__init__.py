@@ -7,12 +7,13 @@ from .factory import create_backbone, list_backbones
 from .head import DINOHead
 from .reference import reference_forward_views
 from .vit import PackedViT
-from .wrapper import MultiCropWrapper
+from .wrapper import MultiCropOutput, MultiCropWrapper
 
 __all__ = [
     "ATTN_BACKENDS",
     "AllReduceBatchNorm",
     "DINOHead",
+    "MultiCropOutput",
     "MultiCropWrapper",
     "PackedViT",
     "TimmBackbone",

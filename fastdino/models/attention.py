@@ -9,11 +9,6 @@ xformers warns at import on machines without CUDA, so it is imported only when a
 
 xformers runs only fp16/bf16 attention (`attention_kernel`): an xformers wheel built for torch 2.11 / CUDA 13 may
 carry only its flash operator, which has no fp32 path, so fp32 attention (an fp32 run) takes the sdpa path.
-
-"xformers-dense" (tests only, not a config choice): the xformers path itself, with the same masks built by the same
-`block_diagonal_mask`, but xformers' kernel replaced by SDPA over the mask that xformers materialises to a dense
-[queries, keys] bias. Any device; memory grows with the square of the packed length. It lets the CPU tests prove the
-masks, the packing and the unpacking of the CUDA path against the per-size reference.
 """
 
 from __future__ import annotations
@@ -28,7 +23,6 @@ from timm.layers import Attention
 from .packing import PackedLayout, cls_rows
 
 ATTN_BACKENDS = ("auto", "xformers", "sdpa")
-XFORMERS_DENSE = "xformers-dense"  # see the module docstring: for tests, never chosen by "auto"
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 _logger = logging.getLogger("fastdino.models")
@@ -44,7 +38,7 @@ def xformers_available() -> bool:
 
 
 def check_attn_backend(backend: str) -> str:
-    if backend not in (*ATTN_BACKENDS, XFORMERS_DENSE):
+    if backend not in ATTN_BACKENDS:
         raise ValueError(f"attn_backend must be one of {ATTN_BACKENDS}, got {backend!r}")
     return backend
 
@@ -66,10 +60,6 @@ def resolve_attn_backend(backend: str, device_type: str) -> str:
 
 def _resolve(backend: str, device_type: str) -> str:
     check_attn_backend(backend)
-    if backend == XFORMERS_DENSE:
-        if not xformers_available():
-            raise RuntimeError(f"attn_backend={XFORMERS_DENSE!r} builds xformers' masks, but xformers does not import")
-        return backend
     if backend == "xformers":
         if device_type != "cuda":
             raise RuntimeError(
@@ -111,19 +101,13 @@ def block_diagonal_mask(layout: PackedLayout, device: torch.device, cls_queries:
 
 
 def block_diagonal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, dropout_p: float,
-                             scale: float, dense: bool = False) -> torch.Tensor:
+                             scale: float) -> torch.Tensor:
     """Attention over the packed sequence: q [1, Nq, heads, head_dim], k and v [1, N, heads, head_dim] ->
-    [1, Nq, heads, head_dim]. dense=False: xformers' `memory_efficient_attention` with the mask (CUDA). dense=True:
-    the mask materialised by xformers itself (0 inside a crop, -inf elsewhere) and SDPA: the same attention, on any
-    device, for the tests."""
-    if not dense:
-        from xformers.ops import memory_efficient_attention
+    [1, Nq, heads, head_dim], by xformers' `memory_efficient_attention` with the mask (CUDA). The tests run this
+    path on CPU with a dense stand-in for the kernel (tests/_attention_dense.py)."""
+    from xformers.ops import memory_efficient_attention
 
-        return memory_efficient_attention(q, k, v, attn_bias=mask, p=dropout_p, scale=scale)
-    bias = mask.materialize((q.shape[1], k.shape[1]), dtype=q.dtype, device=q.device)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=bias,
-                                         dropout_p=dropout_p, scale=scale)
-    return out.transpose(1, 2)
+    return memory_efficient_attention(q, k, v, attn_bias=mask, p=dropout_p, scale=scale)
 
 
 def _attn_dim(attn: Attention) -> int:
@@ -140,11 +124,11 @@ def packed_attention(attn: Attention, x: torch.Tensor, layout: PackedLayout, bac
     qkv = attn.qkv(x).view(n, 3, attn.num_heads, attn.head_dim)
     dropout_p = attn.attn_drop.p if attn.training else 0.0
     kernel = attention_kernel(backend, qkv.dtype)
-    if kernel in ("xformers", XFORMERS_DENSE):
+    if kernel == "xformers":
         q, k, v = qkv.unsqueeze(0).unbind(2)  # [1, N, heads, head_dim]
         q, k = attn.q_norm(q), attn.k_norm(k)
         out = block_diagonal_attention(q, k, v, block_diagonal_mask(layout, x.device), dropout_p=dropout_p,
-                                       scale=attn.scale, dense=kernel == XFORMERS_DENSE)
+                                       scale=attn.scale)
         out = out.reshape(n, attn_dim)
     else:
         outs = []
@@ -173,11 +157,11 @@ def packed_cls_attention(attn: Attention, x: torch.Tensor, layout: PackedLayout,
     q = F.linear(cls_rows(x, layout), w_q, b_q).view(layout.n_crops, attn.num_heads, attn.head_dim)
     dropout_p = attn.attn_drop.p if attn.training else 0.0
     kernel = attention_kernel(backend, q.dtype)
-    if kernel in ("xformers", XFORMERS_DENSE):
+    if kernel == "xformers":
         k, v = kv.unsqueeze(0).unbind(2)  # [1, N, heads, head_dim]
         q, k = attn.q_norm(q.unsqueeze(0)), attn.k_norm(k)
         out = block_diagonal_attention(q, k, v, block_diagonal_mask(layout, x.device, cls_queries=True),
-                                       dropout_p=dropout_p, scale=attn.scale, dense=kernel == XFORMERS_DENSE)
+                                       dropout_p=dropout_p, scale=attn.scale)
         out = out.reshape(layout.n_crops, dim)
     else:
         outs = []
