@@ -11,6 +11,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# run.precision=auto takes bf16 on a CPU with native bf16 (fastdino.train.native_cpu_bf16): tests compute in fp32 on
+# every CPU, subprocesses included; the tests of that rule set the capability themselves.
+os.environ["FASTDINO_CPU_BF16"] = "0"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -26,3 +29,4 @@ def pytest_collection_modifyitems(config, items):
 def _seed_everything():
     torch.manual_seed(0)
     yield
+

@@ -131,7 +131,9 @@ class RunConfig:
     batch_size: int = 64  # GLOBAL batch: summed over all GPUs / ranks (each rank gets batch_size / world_size)
     seed: int = 0
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with a grad scaler) | fp32
+    # auto (bf16 on CUDA and on CPUs with native bf16, else fp32: fastdino.train.choose_precision) | bf16 | fp16 (with
+    # a grad scaler) | fp32
+    precision: str = "auto"
     compile: bool = False  # torch.compile the student and teacher forward
     checkpoint_every: int = 10  # epochs; the last epoch is always saved
     log_every: int = 10  # iterations between progress lines (each one is a host-device sync)

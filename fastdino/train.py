@@ -70,11 +70,34 @@ def resolve_device(config: Config, dist_info: DistInfo = SINGLE_PROCESS) -> torc
     return torch.device(want)
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN, which runs CPU autocast's matmuls,
+    reports it. Elsewhere bf16 is emulated: 3.5-12x slower than fp32 on an AVX2-only EPYC (bench/RESULTS.md).
+    FASTDINO_CPU_BF16=0 / 1 overrides the detection (the test suite sets 0: the same numbers on every CPU)."""
+    forced = os.environ.get("FASTDINO_CPU_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def choose_precision(precision: str, device: torch.device, native_bf16: bool | None = None) -> tuple[str, str]:
+    """(precision, why) for run.precision. "auto": bf16 on CUDA; on a CPU bf16 only where it is native, where the
+    tiny preset's step ran 1.68x fp32's speed and its EuroSAT val k-NN stayed within the seed noise
+    (docs/training.md, "Precision"); fp32 elsewhere, where bf16 is emulated and slower."""
+    if precision != "auto":
+        return precision, "run.precision"
+    if device.type == "cuda":
+        return "bf16", "auto: bf16 on CUDA"
+    if native_cpu_bf16() if native_bf16 is None else native_bf16:
+        return "bf16", "auto: this CPU computes bf16 natively (AVX512-BF16 / AMX)"
+    return "fp32", "auto: this CPU has no native bf16 (it would be emulated, several times slower than fp32)"
+
+
 def resolve_precision(config: Config, device: torch.device) -> str:
-    precision = config.run.precision
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
+    return choose_precision(config.run.precision, device)[0]
 
 
 def configure_cpu_threads(config: Config, device: torch.device, dist_info: DistInfo = SINGLE_PROCESS) -> None:
@@ -191,7 +214,13 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
     from fastdino.kernels import DINOLoss, FlatEMA
     from fastdino.kernels.reference import reference_ema_update
     from fastdino.koleo import koleo_per_view
-    from fastdino.models import MultiCropWrapper, convert_sync_batchnorm, has_batchnorms, reference_forward_views
+    from fastdino.models import (
+        MultiCropOutput,
+        MultiCropWrapper,
+        convert_sync_batchnorm,
+        has_batchnorms,
+        reference_forward_views,
+    )
     from fastdino.models.reference import reference_forward_masked_views
 
     precision = resolve_precision(config, device)
@@ -215,21 +244,22 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
     ibot_temps = teacher_temp_schedule(lc.warmup_teacher_temp, lc.ibot_teacher_temp, lc.warmup_teacher_temp_epochs,
                                        config.run.epochs)
     if reference:
-        def student_forward(views, return_features=False, masks=None, patch_views=0):
+        def student_forward(views, masks=None, patch_views=0):  # MultiCropWrapper's outputs, the original way
             if patch_views:  # iBOT: one view at a time, the head on the masked patches
                 features, patches = reference_forward_masked_views(student["backbone"], views, masks,
                                                                    student["mask_token"].weight[0], patch_views)
                 patch_logits = student["head"](patches[torch.cat(masks[:patch_views])])
-                return student["head"](features), features, patch_logits
+                return MultiCropOutput(student["head"](features), features, patch_logits)
             features = reference_forward_views(student["backbone"], views)
-            logits = student["head"](features)
-            return (logits, features) if return_features else logits
+            return MultiCropOutput(student["head"](features), features)
 
         def teacher_forward(views, patch_views=0, patch_select=None):
             if patch_views:  # the head at every patch, then the rows and means iBOT's loss reads (as iBOT does)
                 features, patches = reference_forward_masked_views(teacher["backbone"], views, [], None, patch_views)
-                return teacher["head"](features), features, *teacher_at_masks(teacher["head"](patches), patch_select)
-            return teacher["head"](reference_forward_views(teacher["backbone"], views))
+                return MultiCropOutput(teacher["head"](features), features,
+                                       *teacher_at_masks(teacher["head"](patches), patch_select))
+            features = reference_forward_views(teacher["backbone"], views)
+            return MultiCropOutput(teacher["head"](features), features)
 
         def ema_update(m):
             reference_ema_update(student, teacher, m, buffers=lc.ema_buffers)
@@ -271,26 +301,24 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
         if ibot_loss is None:
             with torch.no_grad():
                 teacher_out = teacher_forward(views[:n_global])
-            student_out, features = student_forward(views, return_features=True)
+            student_out = student_forward(views)
         else:
             # iBOT: the teacher sees the global views whole, the student with masked patches (CLS loss included)
             n_patches = (views[0].shape[-2] // patch_size) * (views[0].shape[-1] // patch_size)
             masks = [sample_patch_masks(len(v), n_patches, mask_prob=lc.ibot_mask_prob,
                                         ratio=tuple(lc.ibot_mask_ratio), device=v.device) for v in views[:n_global]]
             with torch.no_grad():
-                teacher_out, _, teacher_patches, teacher_patch_mean = teacher_forward(
-                    views[:n_global], patch_views=n_global, patch_select=torch.cat(masks))
-            student_out, features, student_patches = student_forward(views, return_features=True, masks=masks,
-                                                                     patch_views=n_global)
-        loss = dino_loss(student_out, teacher_out, epoch)
+                teacher_out = teacher_forward(views[:n_global], patch_views=n_global, patch_select=torch.cat(masks))
+            student_out = student_forward(views, masks=masks, patch_views=n_global)
+        loss = dino_loss(student_out.logits, teacher_out.logits, epoch)
         if lc.koleo_weight:
             n_global_rows = sum(len(v) for v in views[:n_global])
-            koleo = koleo_per_view(features[:n_global_rows], n_global)
+            koleo = koleo_per_view(student_out.features[:n_global_rows], n_global)
             loss = loss + lc.koleo_weight * koleo
             koleo_terms.append(koleo.detach())
         if ibot_loss is not None:
-            patch_loss = ibot_loss(student_patches, teacher_patches, torch.cat(masks), float(ibot_temps[epoch]),
-                                   teacher_patch_mean)
+            patch_loss = ibot_loss(student_out.patch_logits, teacher_out.patch_logits, torch.cat(masks),
+                                   float(ibot_temps[epoch]), teacher_out.patch_logit_means)
             loss = loss + lc.ibot_weight * patch_loss
             ibot_terms.append(patch_loss.detach())
         return loss
@@ -500,7 +528,8 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
     arch = config.model.arch + (f"/{config.model.patch_size}" if config.model.patch_size else "")  # CNNs: no patch
     log.info(f"model: {arch} + head K={config.model.out_dim}, "
              f"{n_params / 1e6:.1f}M student parameters; views {spec.view_sizes}")
-    log.info(f"device {device}, precision {tr.precision}, {world} rank(s); global batch {config.run.batch_size} "
+    log.info(f"device {device}, precision {tr.precision} ({choose_precision(config.run.precision, device)[1]}), "
+             f"{world} rank(s); global batch {config.run.batch_size} "
              f"({config.run.batch_size // world} per rank), lr {scaled_lr(config):.3g} "
              f"(= {config.optim.lr:g} x {config.run.batch_size}/256)")
     o = config.optim

@@ -65,3 +65,44 @@ def test_bf16_step_on_cpu_matches_the_fp32_step():
     for k, v in t32.items():
         assert t16[k].dtype == v.dtype, k
         torch.testing.assert_close(t16[k], v, rtol=1e-2, atol=1e-4, msg=k)
+
+
+def test_auto_precision_takes_bf16_only_where_the_cpu_has_it():
+    import torch
+
+    from fastdino.train import choose_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_precision("auto", cpu, native_bf16=True) == ("bf16", "auto: this CPU computes bf16 natively "
+                                                                       "(AVX512-BF16 / AMX)")
+    precision, why = choose_precision("auto", cpu, native_bf16=False)
+    assert precision == "fp32" and "no native bf16" in why
+    assert choose_precision("auto", cuda, native_bf16=False)[0] == "bf16"
+    assert choose_precision("fp32", cpu, native_bf16=True) == ("fp32", "run.precision")  # asked for: kept
+    assert choose_precision("bf16", cpu, native_bf16=False) == ("bf16", "run.precision")
+
+
+def test_the_run_says_which_precision_auto_chose_and_why(tmp_path, monkeypatch):
+    from fastdino.dataloading import make_synthetic_dataset
+
+    from fastdino.config import load_config
+    from fastdino.train import train
+
+    monkeypatch.setenv("FASTDINO_CPU_BF16", "1")
+    lines = []
+    data = make_synthetic_dataset(tmp_path / "data", n_images=8, size=32)
+    config = load_config("tiny", overrides=[f"data.path={data}", "run.device=cpu", "run.max_steps=1",
+                                            "run.batch_size=4", "model.img_size=32", "model.out_dim=256",
+                                            "augment.global_views=[{size: 32}, {size: 32}]",
+                                            "augment.local_views=[{size: 16, count: 2}]"])
+    train(config, tmp_path / "run", echo=lines.append)
+    assert any("precision bf16 (auto: this CPU computes bf16 natively" in line for line in lines)
+
+
+def test_the_capability_can_be_forced_either_way(monkeypatch):
+    from fastdino.train import native_cpu_bf16
+
+    monkeypatch.setenv("FASTDINO_CPU_BF16", "1")
+    assert native_cpu_bf16()
+    monkeypatch.setenv("FASTDINO_CPU_BF16", "0")
+    assert not native_cpu_bf16()
