@@ -11,7 +11,6 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
-import torch
 from fastdino.dataloading.synthetic import DEMO_CLASSES, DEMO_TRAIN_LIST, DEMO_VAL_LIST, make_demo_dataset
 from PIL import Image
 
@@ -21,22 +20,8 @@ from fastdino.viz import plot_knn
 
 matplotlib.use("Agg")
 
-# A ViT-Tiny/8 on 16 px views with a small head (as tests/test_cli_train.py): seconds on 2 CPU cores.
-SMALL = ["--set", "model.patch_size=8", "model.img_size=16", "model.out_dim=128", "model.hidden_dim=32",
-         "model.bottleneck_dim=16",
-         "augment.global_views=[{size: 16}, {size: 16, blur_p: 0.1, solarize_p: 0.2}]",
-         "augment.local_views=[{size: 8, count: 2, scale: [0.05, 0.32]}]",
-         "data.num_threads=0", "data.backend=torch", "run.log_every=1"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread_and_cache(tmp_path, monkeypatch):
-    """The demo dataset goes to tmp; tiny ViTs on a shared 2-core machine run faster on one thread."""
-    monkeypatch.setenv("FASTDINO_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# a ViT-Tiny/8 on 16 px views, one thread, the demo dataset in tmp: as tests/test_cli_train.py
+from tests.test_cli_train import SMALL, one_thread_and_cache  # noqa: E402, F401 (an autouse fixture)
 
 
 def records(run_dir: Path, kind: str) -> list[dict]:

@@ -10,7 +10,6 @@ import json
 import sys
 
 import pytest
-import torch
 from fastdino.dataloading import make_synthetic_dataset
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -18,14 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fastdino.config import ConfigError, load_config
 from fastdino.tensorboard_log import TENSORBOARD_DIR, TensorBoardLog, numeric_fields
 from fastdino.train import train
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.test_train import one_thread  # noqa: E402, F401 (an autouse fixture: one intra-op thread)
 
 
 def tiny_config(tmp_path, *extra: str):
