@@ -15,7 +15,7 @@ from fastdino.dataloading.synthetic import DEMO_CLASSES, DEMO_TRAIN_LIST, DEMO_V
 from PIL import Image
 
 from fastdino.cli import main
-from fastdino.eval.cli import load_split
+from fastdino.eval.splits import load_split
 from fastdino.viz import plot_knn
 
 matplotlib.use("Agg")

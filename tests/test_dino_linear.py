@@ -43,7 +43,7 @@ def test_intermediate_cls_is_dinos_get_intermediate_layers(dino_vit, n, avgpool)
 
 def test_dino_protocol_trains_sgd_on_augmented_crops_reproducibly(tmp_path):
     from fastdino.convert import load_backbone
-    from fastdino.eval.cli import load_split
+    from fastdino.eval.splits import load_split
 
     data = make_image_folder(tmp_path / "data", per_class=5, size=32)
     split = load_split(data, None, None)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from _eval_fixtures import make_checkpoint, make_image_folder, one_thread  # noqa: F401 (autouse)
 
 from fastdino.cli import main
-from fastdino.eval.cli import stratified_split
+from fastdino.eval.splits import stratified_split
 from fastdino.eval.features import EvalTransform, ImageDataset, extract_features
 from fastdino.eval.knn import knn_accuracy, knn_predict
 from fastdino.eval.linear import linear_probe_accuracy

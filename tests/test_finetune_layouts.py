@@ -175,7 +175,7 @@ def test_paths_and_bare_names_mix_and_an_ambiguous_or_missing_name_is_an_error(t
 
 
 def test_eval_reads_bare_name_lists_too(tmp_path, capsys):
-    from fastdino.eval.cli import load_split
+    from fastdino.eval.splits import load_split
 
     root = make_eurosat(tmp_path / "data")
     (tmp_path / "train.txt").write_text("AnnualCrop_1.jpg\nForest_1.jpg\nRiver_1.jpg\n")

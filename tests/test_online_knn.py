@@ -64,7 +64,7 @@ def test_monitor_accuracy_equals_knn_on_the_same_bank(tmp_path):
     backbone = _backbone(config)
     rec = monitor.evaluate(backbone, epoch=0, iteration=9)
 
-    from fastdino.eval.cli import load_split
+    from fastdino.eval.splits import load_split
 
     split = load_split(root, train_list, val_list)
     transform = EvalTransform(16, tuple(config.augment["mean"]), tuple(config.augment["std"]))

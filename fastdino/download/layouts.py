@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fastdino.eval.cli import stratified_split
+from fastdino.eval.splits import stratified_split
 
 from .extract import content_root, extract_archive
 

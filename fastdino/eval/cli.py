@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import sys
 import time
@@ -21,21 +20,18 @@ from pathlib import Path
 import torch
 
 import fastdino
-from fastdino.config import backbone_kwargs
 
-from .features import EvalTransform, ImageDataset, extract_features
+from .feature_cache import cache_path, cached_features
+from .features import EvalTransform, ImageDataset
 from .knn import knn_accuracy
 from .linear import linear_probe_accuracy
-from .split_lists import read_image_list
+from .report import format_table
+from .splits import load_split
 from .teacher import random_init_like
 
 # How each linear protocol is named in every table and JSON (the paper's 94.09 is DINO's protocol).
 PROTOCOLS = {"fast": "fastdino fast probe (AdamW on cached, standardised features)",
              "dino": "DINO protocol (eval_linear.py: last-4-block CLS, SGD, RandomResizedCrop + flip)"}
-
-SPLIT_SEED = 0
-SPLIT_TEST_FRACTION = 0.2
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="task", metavar="TASK", required=True)
@@ -204,129 +200,5 @@ def _finish(args, scores, settings, config, conversion, transform, split, n_trai
     return result
 
 
-def load_split(root: Path, train_list: Path | None, test_list: Path | None) -> dict:
-    """Train/test paths and labels from the list files, or a deterministic stratified split of ROOT."""
-    from fastdino.dataloading import build_source
-
-    if (train_list is None) != (test_list is None):
-        given, missing = ("--train-list", "--test-list") if train_list else ("--test-list", "--train-list")
-        raise ValueError(f"{given} was given without {missing}: pass both, or neither for a deterministic split")
-    if train_list is not None:
-        train = _labelled_source(build_source, root, train_list)
-        test = _labelled_source(build_source, root, test_list)
-        # Each list's labels index the classes that list contains: re-index both by the union.
-        classes = sorted(set(train.classes) | set(test.classes))
-        index = {c: i for i, c in enumerate(classes)}
-        return {
-            "train_paths": train.paths, "train_labels": [index[train.classes[y]] for y in train.labels],
-            "test_paths": test.paths, "test_labels": [index[test.classes[y]] for y in test.labels],
-            "classes": classes,
-            "note": f"split: --train-list {train_list} ({len(train.paths)} images), "
-            f"--test-list {test_list} ({len(test.paths)} images)",
-        }
-    source = _labelled_source(build_source, root, None)
-    train_idx, test_idx = stratified_split(source.labels, SPLIT_TEST_FRACTION, SPLIT_SEED)
-    if not test_idx:  # stratified_split keeps a class of one image in train: one image a class leaves no test
-        raise ValueError(f"--data {root}: the test split is empty ({len(source.classes)} classes of 1 image each; "
-                         f"the deterministic split puts a class's only image in train). Give each class at least 2 "
-                         f"images, or pass --train-list and --test-list")
-    return {
-        "train_paths": [source.paths[i] for i in train_idx], "train_labels": [source.labels[i] for i in train_idx],
-        "test_paths": [source.paths[i] for i in test_idx], "test_labels": [source.labels[i] for i in test_idx],
-        "classes": list(source.classes),
-        "note": f"split: no --train-list/--test-list, so {root} is split deterministically "
-        f"(stratified, {1 - SPLIT_TEST_FRACTION:.0%} train / {SPLIT_TEST_FRACTION:.0%} test, seed {SPLIT_SEED}): "
-        f"{len(train_idx)} train / {len(test_idx)} test images",
-    }
-
-
-def _labelled_source(build_source, root: Path, list_file: Path | None):
-    source = read_image_list(root, list_file) if list_file else build_source(root, layout="folder")
-    if source.labels is None:
-        where = f"list file {list_file}" if list_file else f"--data {root}"
-        raise ValueError(f"{where} gives no labels: evaluation needs class folders, ROOT/<class>/<image>")
-    return source
-
-
-def stratified_split(labels, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices of a seeded per-class split: each class gives round(test_fraction * n) images (at least 1) to test."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.as_tensor(list(labels))
-    train, test = [], []
-    for c in labels.unique().tolist():
-        idx = (labels == c).nonzero().flatten()
-        idx = idx[torch.randperm(len(idx), generator=generator)].tolist()
-        n_test = max(1, round(test_fraction * len(idx))) if len(idx) > 1 else 0
-        test += idx[:n_test]
-        train += idx[n_test:]
-    return sorted(train), sorted(test)
-
-
-def cache_path(args: argparse.Namespace, config: dict, name: str, dataset: ImageDataset, transform,
-               conversion=None) -> Path:
-    """Cache file keyed by everything that changes the features.
-
-    A trained teacher's features depend on the checkpoint file, the network read from it (teacher / student) and
-    the position-embedding interpolation; a random-init backbone's only on the architecture and the seed, so every
-    checkpoint of that architecture shares one random-init cache.
-    """
-    if args.random_init:
-        model = json.dumps(backbone_kwargs(config["model"]), sort_keys=True) + f"seed={args.seed}"
-    else:
-        stat = args.checkpoint.stat()
-        model = f"{args.checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-        if conversion is not None:
-            model += f":{conversion.which}:{conversion.pos_embed_interp}"
-    key = json.dumps([model, [str(p) for p in dataset.paths], dataset.labels, transform.__dict__])
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    tag = "random-init" if args.random_init else args.checkpoint.stem
-    if not args.random_init and conversion is not None and conversion.which == "student":
-        tag += "-student"
-    folder = args.cache_dir or args.checkpoint.parent / "eval_cache"
-    return folder / f"{tag}_{name}_{digest}.pt"
-
-
-def cached_features(cache: Path | None, backbone, dataset, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    if cache is not None and cache.is_file():
-        saved = torch.load(cache, map_location="cpu")
-        print(f"{kwargs.get('desc', 'features')}: reusing {cache}")
-        return saved["features"], saved["labels"]
-    features, labels = extract_features(backbone, dataset, **kwargs)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save({"features": features, "labels": labels}, tmp)
-        tmp.replace(cache)
-    return features, labels
-
-
 def default_output(checkpoint: Path, task: str, random_init: bool) -> Path:
     return checkpoint.parent / f"{checkpoint.stem}_{task}{'_random-init' if random_init else ''}.json"
-
-
-def format_table(result: dict) -> str:
-    """A small fixed-width table of what was evaluated and how well."""
-    state = "random init" if result["random_init"] else f"epoch {result['checkpoint_epoch']}"
-    model = f"{result['arch']} ({state})"
-    if result["task"] == "knn":
-        method = f"k-NN k={result['k']} T={result['temperature']}"
-    elif result["task"] != "linear":  # `fastdino finetune classify` prints its result through this table too
-        method = f"{result['task']} {result['epochs']} ep"
-    elif result.get("protocol") == "dino":
-        method = f"linear, DINO protocol, {result['epochs']} ep"
-    else:
-        method = f"linear, fast probe, {result['epochs']} ep"
-    rows = [
-        ("model", "eval", "train", "test", "size", "top-1", "top-5"),
-        (model, method, str(result["n_train"]), str(result["n_test"]), str(result["image_size"]),
-         f"{result['top1']:.2f}", f"{result['top5']:.2f}"),
-    ]
-    return format_rows(rows)
-
-
-def format_rows(rows: list[tuple[str, ...]]) -> str:
-    """A fixed-width table, the header (first row) underlined: how every fastdino result is printed."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

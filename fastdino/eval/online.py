@@ -75,7 +75,7 @@ def embed(backbone: torch.nn.Module, images: torch.Tensor, transform: EvalTransf
 
 def bank_subset(labels: Sequence[int], size: int, seed: int = 0) -> list[int]:
     """Indices of a seeded, stratified subset of about `size` images (all of them when size is 0 or too big)."""
-    from .cli import stratified_split
+    from .splits import stratified_split
 
     if size <= 0 or size >= len(labels):
         return list(range(len(labels)))
@@ -119,7 +119,7 @@ class OnlineKNN:
         """The monitor the `eval` section asks for (None when eval.knn_train is unset); errors name the key."""
         from fastdino.dataloading.augment import AugmentationSpec
 
-        from .cli import load_split
+        from .splits import load_split
 
         e = config.eval
         if e.knn_train is None and e.knn_val is None:

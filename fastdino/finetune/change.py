@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from fastdino.eval.cli import format_rows
+from fastdino.eval.report import format_rows
 
 from . import common
 from .backbones import backbone_from_args, set_drop_path

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastdino.eval.cli import format_table
+    from fastdino.eval.report import format_table
 
     result = finetune(args)
     return common.print_result(format_table(result), result)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from fastdino.eval.cli import format_rows
+from fastdino.eval.report import format_rows
 
 from . import common
 from .classify import build_sgd_finetune
