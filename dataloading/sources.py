@@ -215,20 +215,27 @@ def _scan_folder(root: Path) -> ImageSource:
     return ImageSource(str(root), paths, labels, classes, layout="folder")
 
 
-def _read_list(root: Path, list_file: Path | None) -> ImageSource:
-    if list_file is None:
-        raise ValueError("layout='list' needs list_file= (a text file of image paths relative to the data path)")
+def list_entries(list_file: Path) -> list[str]:
+    """The entries of a list file, in order; blank lines and # comments skipped. Errors name the file."""
     if not list_file.is_file():
         raise FileNotFoundError(f"list file {str(list_file)!r} does not exist")
     try:
         text = list_file.read_text()
     except UnicodeDecodeError:
-        raise ValueError(f"list file {str(list_file)!r} is not a text file; a list file holds image paths, one per "
-                         "line, relative to the data path (the data path may also be a folder of images)") from None
+        raise ValueError(f"list file {str(list_file)!r} is not a text file; a list file holds image paths (or file "
+                         "names), one per line, relative to the data path (the data path may also be a folder of "
+                         "images)") from None
     entries = [line.strip() for line in text.splitlines()]
     entries = [e for e in entries if e and not e.startswith("#")]
     if not entries:
         raise ValueError(f"list file {str(list_file)!r} lists no images")
+    return entries
+
+
+def _read_list(root: Path, list_file: Path | None) -> ImageSource:
+    if list_file is None:
+        raise ValueError("layout='list' needs list_file= (a text file of image paths relative to the data path)")
+    entries = list_entries(list_file)
     paths = []
     for lineno, entry in enumerate(entries, 1):
         if not is_image(entry):

@@ -15,13 +15,13 @@ import os
 from collections import defaultdict
 from pathlib import Path, PurePath
 
-from fastdino.dataloading.sources import IMAGE_EXTENSIONS, ImageSource, build_source, is_image
+from fastdino.dataloading.sources import IMAGE_EXTENSIONS, ImageSource, build_source, is_image, list_entries
 
 
 def read_image_list(root: Path, list_file: Path) -> ImageSource:
     """The images of a split list under `root`, with labels from their class folders where every image has one."""
     root, list_file = Path(root), Path(list_file)
-    entries = list_entries(list_file)
+    entries = list(enumerate(list_entries(list_file), 1))
     if all((root / entry).is_file() for _, entry in entries):
         return build_source(root, list_file=list_file, layout="list")  # every entry a path: the common reader
     index = None
@@ -38,22 +38,6 @@ def read_image_list(root: Path, list_file: Path) -> ImageSource:
         index = index or NameIndex(root)
         paths.append(index.find(entry, f"{list_file} entry {lineno}"))
     return labelled_source(root, paths)
-
-
-def list_entries(list_file: Path) -> list[tuple[int, str]]:
-    """(line number among the entries, entry) of a list file; blank lines and # comments skipped."""
-    if not list_file.is_file():
-        raise FileNotFoundError(f"list file {str(list_file)!r} does not exist")
-    try:
-        text = list_file.read_text()
-    except UnicodeDecodeError:
-        raise ValueError(f"list file {str(list_file)!r} is not a text file; a list file holds image paths or file "
-                         f"names, one per line") from None
-    entries = [line.strip() for line in text.splitlines()]
-    entries = [e for e in entries if e and not e.startswith("#")]
-    if not entries:
-        raise ValueError(f"list file {str(list_file)!r} lists no images")
-    return list(enumerate(entries, 1))
 
 
 class NameIndex:
