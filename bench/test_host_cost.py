@@ -12,6 +12,7 @@ thread, warm page cache; the rows give img/s and host CPU ms per image, for the 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from types import SimpleNamespace
 
@@ -37,15 +38,8 @@ def _feeder(source, kind: str, workers: int = 0):
     spec = AugmentationSpec.preset("dino-mc")
     if kind == "rgb":
         return _Feeder(items, sampler, BATCH, spec.n_dates, _files_per_image(source, items), False, 0, False)
-    spec = AugmentationSpec.from_dict({**_spec_dict(spec), "bands": list(BANDS), "mean": [100.0] * len(BANDS),
-                                       "std": [50.0] * len(BANDS)})
+    spec = dataclasses.replace(spec, bands=BANDS, mean=(100.0,) * len(BANDS), std=(50.0,) * len(BANDS))
     return MSFeeder(items, sampler, BATCH, spec, False, 0, False, BandReader(BANDS, None), workers=workers)
-
-
-def _spec_dict(spec: AugmentationSpec) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(spec)
 
 
 @pytest.mark.parametrize("kind", ["rgb", "12-band"])

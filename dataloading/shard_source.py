@@ -70,11 +70,6 @@ class ShardSource:
         return self.index["layout"] == "seco"
 
     @property
-    def band_files(self) -> list[str]:
-        """The band names of a SeCo tree's single-band files (empty otherwise)."""
-        return list(self.index.get("band_files") or [])
-
-    @property
     def band_counts(self) -> dict[str, int]:
         """Products holding each band file (a SeCo tree of band files), counted when the shards were written."""
         return dict(self.index.get("band_counts") or {})

@@ -60,16 +60,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def prepare(args: argparse.Namespace) -> tuple[int, float]:
-    from fastdino.dataloading import build_source
     from fastdino.dataloading.multispectral import BandReader, band_list, file_band_order, source_bands
     from fastdino.stats import STATS_FILE
 
     start = time.perf_counter()
-    root = args.data if args.data.is_dir() else args.data.parent
+    root, source = _source(args)
     out = args.output
-    if out.resolve() == root.resolve():
-        raise ValueError(f"--output {out} is the data folder; choose another folder")
-    source = build_source(args.data, list_file=args.data_list, layout=args.layout)
     file_bands = file_band_order(args.file_bands, root)
     bands = source_bands(source, file_bands) if args.bands in (None, "all") else band_list(args.bands, "--bands")
     reader = BandReader(bands, file_bands)
@@ -99,6 +95,16 @@ def prepare(args: argparse.Namespace) -> tuple[int, float]:
     return len(items), time.perf_counter() - start
 
 
+def _source(args: argparse.Namespace):
+    """(the data's root folder, its source), after checking --output is not that folder."""
+    from fastdino.dataloading import build_source
+
+    root = args.data if args.data.is_dir() else args.data.parent
+    if args.output.resolve() == root.resolve():
+        raise ValueError(f"--output {args.output} is the data folder; choose another folder")
+    return root, build_source(args.data, list_file=args.data_list, layout=args.layout)
+
+
 def parse_size(text: str) -> int:
     """'512MB' / '1.5GB' / '300MiB' / a number of bytes -> bytes (decimal units, as disks and `ls -h --si` count)."""
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -116,7 +122,6 @@ def parse_size(text: str) -> int:
 
 def _run_shards(args: argparse.Namespace) -> int:
     from fastdino import __version__
-    from fastdino.dataloading import build_source
     from fastdino.dataloading.multispectral import file_band_order
     from fastdino.dataloading.shards import SHARD_INDEX, write_shards
     from fastdino.stats import STATS_FILE
@@ -126,10 +131,7 @@ def _run_shards(args: argparse.Namespace) -> int:
             raise ValueError("--bands applies to --format npy; shards keep every file as it is (choose the bands at "
                              "training time with data.bands)")
         shard_bytes = parse_size(args.shard_size)
-        root = args.data if args.data.is_dir() else args.data.parent
-        if args.output.resolve() == root.resolve():
-            raise ValueError(f"--output {args.output} is the data folder; choose another folder")
-        source = build_source(args.data, list_file=args.data_list, layout=args.layout)
+        root, source = _source(args)
         file_bands = file_band_order(args.file_bands, root)
         stats = json.loads((root / STATS_FILE).read_text()) if (root / STATS_FILE).is_file() else None
         result = write_shards(source, args.output, shard_bytes=shard_bytes, band_stats=stats,
