@@ -681,17 +681,11 @@ def _knn_at_start(knn, backbone: nn.Module, log: RunLog, epochs: int, init_from)
 
 def _logged_start(run_dir: Path) -> dict | None:
     """A resumed run's before-step-0 k-NN record, from the metrics.jsonl the interrupted run wrote (None if absent)."""
+    from fastdino.viz import read_metrics
+
     path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
-        if isinstance(record, dict) and record.get("type") == "knn" and record.get("at_start"):
-            return record
-    return None
+    records = read_metrics(path, kind="knn") if path.is_file() else []
+    return next((r for r in records if r.get("at_start")), None)
 
 
 def _knn_progress(start: dict | None, last: dict) -> str:
