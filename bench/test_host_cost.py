@@ -1,6 +1,6 @@
 """What the host spends per image to feed a GPU: the DALI feeders alone, the GPU's work (decoding, views) left out.
 
-The DALI pipelines' Python side is a feeder (dataloading/dali_pipeline.py `_Feeder`, dali_ms.py `MSFeeder`) that
+The DALI pipelines' Python side is a feeder (dataloading/dali_feed.py `Feeder`, dali_ms.py `MSFeeder`) that
 DALI calls once per batch; on a GPU it is the host's whole per-image cost:
 - RGB: the sample order, a structural check of each file (once), and its encoded bytes; DALI decodes on the GPU;
 - 12-band (SeCo's B1 ... B12): the band files read and decoded on the host (DALI has no multi-band TIFF decoder),
@@ -19,8 +19,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from fastdino.dataloading import AugmentationSpec, build_source
+from fastdino.dataloading.dali_feed import Feeder, rgb_files_per_image
 from fastdino.dataloading.dali_ms import MSFeeder
-from fastdino.dataloading.dali_pipeline import _Feeder, _files_per_image
 from fastdino.dataloading.multispectral import BandReader
 from fastdino.dataloading.torch_pipeline import epoch_sampler, pipeline_items
 
@@ -37,7 +37,7 @@ def _feeder(source, kind: str, workers: int = 0):
     sampler = epoch_sampler(source, items, False, rank=0, world_size=1, seed=0)
     spec = AugmentationSpec.preset("dino-mc")
     if kind == "rgb":
-        return _Feeder(items, sampler, BATCH, spec.n_dates, _files_per_image(source, items), False, 0, False)
+        return Feeder(items, sampler, BATCH, spec.n_dates, rgb_files_per_image(source, items), False, 0, False)
     spec = dataclasses.replace(spec, bands=BANDS, mean=(100.0,) * len(BANDS), std=(50.0,) * len(BANDS))
     return MSFeeder(items, sampler, BATCH, spec, False, 0, False, BandReader(BANDS, None), workers=workers)
 

@@ -169,7 +169,7 @@ def _lightly_step(config, device: torch.device):
 def test_peer_train_step(benchmark, impl):
     from fastdino.dataloading import AugmentationSpec
 
-    from fastdino.config import load_config
+    from fastdino.run_config import load_config
     from fastdino.train import build_training
 
     device, batch = torch.device("cpu"), 16

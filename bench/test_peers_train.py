@@ -155,7 +155,7 @@ def _images(data: str, workdir: Path) -> tuple[Path, Path | None, list[Path]]:
 
 def _fastdino_run(path: Path, list_file: Path | None, out: Path, warmup: int, timed: int, monkeypatch) -> _GatedRun:
     import fastdino.train as fastdino_train
-    from fastdino.config import load_config
+    from fastdino.run_config import load_config
 
     # DINO's loss alone (no KoLeo term): the same work as lightly-train's DINO
     config = load_config("tiny", overrides=["run.device=cpu", f"run.batch_size={BATCH}", "data.num_threads=1",

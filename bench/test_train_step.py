@@ -26,7 +26,7 @@ import torch
 from fastdino.dataloading import AugmentationSpec, make_synthetic_dataset
 
 from bench.utils import devices, peak_memory_bytes, record, sync
-from fastdino.config import load_config
+from fastdino.run_config import load_config
 from fastdino.train import build_loader, build_training, configure_cpu_threads
 
 CASES = {"cpu": [("tiny", 16, 1)], "cuda": [("dino-mc-vits8", 64, 8), ("dino-mc-vits16", 64, 8)]}

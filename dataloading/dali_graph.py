@@ -6,6 +6,7 @@ from __future__ import annotations
 from nvidia.dali import fn, pipeline_def, types
 
 from .augment import AugmentationSpec, ViewGroup
+from .dali_layout import view_slots
 
 _INTERP = {"nearest": types.INTERP_NN, "bilinear": types.INTERP_LINEAR, "bicubic": types.INTERP_CUBIC}
 
@@ -16,8 +17,6 @@ def multiview_pipeline(spec: AugmentationSpec, *, n_slots: int, files_per_image:
     n_slots * files_per_image lists of encoded files; files_per_image is 1 (RGB) or 3 (SeCo B4, B3, B2).
     band_luts: one 256-entry uint8 table per band file (SeCo's stretch, bands.band_lut), or None.
     source_pixels: the pixel count of a typical decoded image, to choose where the colour matrix runs."""
-    from .dali_pipeline import view_slots
-
     mean = [255 * m for m in spec.mean]
     std = [255 * s for s in spec.std]
 

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .dali_pipeline import _Feeder
+from .dali_feed import Feeder
+from .dali_layout import has_colour, param_layout
 from .ms_augment import colour_blocks
 from .multispectral import rgb_indices
 from .sources import SeCoLocation
@@ -30,22 +31,7 @@ from .torch_pipeline import _name, draw_dates, sample_view_params
 _DALI_DTYPES = (np.uint8, np.uint16, np.int16, np.float32)  # what DALI's resize reads; others become float32
 
 
-def has_colour(group) -> bool:
-    """Whether a view group ever changes colour (DINO-TP's plain views never do: no colour inputs, no colour ops)."""
-    return group.jitter_p > 0 or group.grayscale_p > 0
-
-
-def param_layout(n_bands: int) -> dict[str, slice]:
-    """Where each drawn parameter sits in a view's row of the per-sample [views, P] float32 array: one array per
-    sample instead of eight per view (feeding many small arrays cost more than the pixel work)."""
-    c = n_bands
-    return {"roi": slice(0, 4), "sigma": slice(4, 5), "blur": slice(5, 6), "mirror": slice(6, 7),
-            "mean": slice(7, 7 + c), "std": slice(7 + c, 7 + 2 * c), "block": slice(7 + 2 * c, 16 + 2 * c),
-            "block_t": slice(16 + 2 * c, 19 + 2 * c), "vflip": slice(19 + 2 * c, 20 + 2 * c),
-            "transpose": slice(20 + 2 * c, 21 + 2 * c)}
-
-
-class MSFeeder(_Feeder):
+class MSFeeder(Feeder):
     """For DALI iteration j: the images (one slot, or `n_dates` for DINO-TP) and every view's parameters."""
 
     files_per_image = 1

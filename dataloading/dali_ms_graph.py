@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from nvidia.dali import fn, pipeline_def, types
 
+from .dali_layout import has_colour, param_layout, view_slots
 from .multispectral import rgb_indices
 
 _INTERP = {"nearest": types.INTERP_NN, "bilinear": types.INTERP_LINEAR, "bicubic": types.INTERP_CUBIC}
@@ -26,10 +27,7 @@ _INTERP = {"nearest": types.INTERP_NN, "bilinear": types.INTERP_LINEAR, "bicubic
 
 def multispectral_pipeline(spec, *, n_slots: int, source, gpu: bool, **kwargs):
     """A built-able DALI Pipeline with one output per view, fed by `source` (an MSFeeder): per sample the images
-    of its slots and one [views, P] array of the drawn parameters (dali_ms.param_layout)."""
-    from .dali_ms import param_layout
-    from .dali_pipeline import view_slots
-
+    of its slots and one [views, P] array of the drawn parameters (dali_layout.param_layout)."""
     rgb = rgb_indices(tuple(spec.bands))
     rgb = sorted(rgb) if rgb is not None else None  # the order of the feeder's 3 x 3 block
     views = view_slots(spec, n_slots)
@@ -78,8 +76,6 @@ def _blur(img, blur, sigma):
 
 
 def _view(image, g, params, rgb, n_bands, mean, std):
-    from .dali_ms import has_colour
-
     # The colour map is affine per pixel, so it commutes with the resize (weights summing to 1), the Gaussian blur
     # (per band, normalised, symmetric borders) and the flip: its gains and offsets go into the normalisation and
     # only the RGB block runs as an operator, where the reference applies the colour (before or after the crop).

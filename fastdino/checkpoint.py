@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -33,15 +35,20 @@ def epoch_checkpoint_name(epoch: int) -> str:
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write `state` so that `path` always holds a complete checkpoint: a temporary file in the same folder,
-    flushed and fsync'ed, then renamed over `path` (a rename is atomic on POSIX). A crash at any moment leaves
-    either the previous file or the new one, never a torn one."""
+    """Write `state` so that `path` always holds a complete checkpoint (write_atomically)."""
+    return write_atomically(path, lambda f: torch.save(state, f))
+
+
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """`write(file)` into a temporary file in the same folder, flushed and fsync'ed, then renamed over `path` (a
+    rename is atomic on POSIX). A crash at any moment leaves either the previous file or the new one, never a torn
+    one. Checkpoints and the results files of fine-tuning runs are written this way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

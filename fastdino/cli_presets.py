@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from fastdino.config import DEFAULT_PRESET, ConfigError, dump_yaml, list_presets, load_config
+from fastdino.config import DEFAULT_PRESET, ConfigError, dump_yaml, list_presets
+from fastdino.run_config import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

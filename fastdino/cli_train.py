@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from fastdino.config import DEFAULT_PRESET, PRESETS, ConfigError, dump_yaml, load_config
+from fastdino import run_folder
+from fastdino.config import DEFAULT_PRESET, PRESETS, ConfigError, dump_yaml
 from fastdino.distributed import barrier, broadcast_object, env_info, init_distributed
+from fastdino.run_config import load_config
 
 RUN_ENTRIES = ("checkpoints", "metrics.jsonl", "train.log", "config.yaml", "plots", "exported", "tensorboard")
+NOT_EMPTY = ("Output '{run_dir}' is not empty! Pass --overwrite to start over in it (deletes its checkpoints, logs, "
+             "plots and config.yaml), --resume to continue the run it holds, or choose another --output.")
 DEMO_IMAGES = 256  # the generated dataset: 8 iterations per epoch at the tiny preset's batch of 32
 DEMO_VAL_IMAGES = 250  # held-out demo images the online k-NN scores (50 a class)
 # `fastdino train` with neither --data nor --preset (nor --config): the tiny preset with these overrides, layered under
@@ -193,28 +196,15 @@ def _prepare(args: argparse.Namespace):
 
 
 def _check_output(run_dir: Path, args: argparse.Namespace) -> str | None:
-    """The output folder's state against --resume / --overwrite (rank 0 only; returns the error, if any)."""
-    from fastdino.checkpoint import CheckpointError, find_latest, load_latest
-
-    if args.resume == "yes":
-        if find_latest(run_dir) is None:
-            return f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start a new run without --resume"
-        try:  # a truncated last.pt is found now, with the newest readable checkpoint named, not after the build
-            load_latest(run_dir, map_location="meta")  # meta: reads the structure, not the tensors' bytes
-        except CheckpointError as e:
-            return f"--resume: {e}"
-        return None
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not args.overwrite and args.resume != "auto":  # auto: a run folder with no checkpoint starts over
-            return (f"Output '{run_dir}' is not empty! Pass --overwrite to start over in it (deletes its "
-                    "checkpoints, logs, plots and config.yaml), --resume to continue the run it holds, "
-                    "or choose another --output.")
-        for name in RUN_ENTRIES:  # only what a run writes: never the user's other files
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+    """The output folder's state against --resume / --overwrite (rank 0 only; returns the error, if any). A new
+    run in an old run's folder clears what that run wrote now (--resume auto without a checkpoint: requeued)."""
+    try:  # auto: a run folder with no checkpoint starts over
+        run_folder.check_output(run_dir, resume=args.resume == "yes", overwrite=args.overwrite or args.resume == "auto",
+                                not_empty=NOT_EMPTY)
+    except (FileNotFoundError, ValueError) as e:
+        return str(e)
+    if args.resume != "yes":
+        run_folder.clear_run_files(run_dir, RUN_ENTRIES)
     return None
 
 

@@ -1,9 +1,11 @@
-"""Training configuration: nested dataclasses, the presets, and `load_config`, the one function that merges
-defaults -> preset -> config file -> command-line overrides.
+"""Training configuration as data: nested dataclasses, the presets, and `merge_layers`, which merges defaults ->
+preset -> config file -> command-line overrides.
 
-Every layer is checked the same way: an unknown key, a wrong type or an impossible value is a `ConfigError`
-naming the key, the value and the fix, raised before any work starts. Derived values (the learning rate
-scaled by the global batch) live in named functions, never in the stored config.
+Every layer is checked the same way: an unknown key or a wrong type is a `ConfigError` naming the key, the value
+and the fix (with a did-you-mean), and `check_values` refuses numbers and choices that cannot run. Which archs,
+bands, data layouts or signals exist is for the modules that build those to say: `fastdino.run_config.load_config`
+merges with this module and then asks each of them (so this one imports nothing of fastdino). Derived values (the
+learning rate scaled by the global batch) live in named functions, never in the stored config.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,9 +112,9 @@ class LossConfig:
     student_temp: float = 0.1
     center_momentum: float = 0.9
     momentum_teacher: float = 0.996  # cosine to 1 over training
-    # DINOv2's KoLeo term on the student's global-view backbone features (fastdino/koleo.py; DINOv2: 0.1). 0 = DINO.
+    # DINOv2's KoLeo term on the student's global-view backbone features (kernels/koleo.py; DINOv2: 0.1). 0 = DINO.
     koleo_weight: float = 0.0
-    # iBOT's masked-patch loss on the global views (fastdino/ibot.py; iBOT: 1.0). 0 = off (DINO). Each global crop is
+    # iBOT's masked-patch loss on the global views (kernels/ibot_loss.py; iBOT: 1.0). 0 = off. Each global crop is
     # masked with probability ibot_mask_prob, int(r x patches) of its patches, r ~ U(ibot_mask_ratio); the teacher's
     # patch temperature warms up from warmup_teacher_temp to ibot_teacher_temp like the CLS one.
     ibot_weight: float = 0.0
@@ -177,7 +180,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
 
 SECTIONS = ("model", "data", "optim", "loss", "run", "eval")
@@ -256,19 +259,22 @@ def list_presets() -> list[tuple[str, str]]:
 # Merging
 
 
-def load_config(preset: str | None = None, config_file: str | Path | None = None,
-                overrides: list[str] | dict | None = None) -> Config:
-    """defaults -> preset -> config file -> overrides, in this order; the result is validated.
+def merge_layers(preset: str | None = None, config_file: str | Path | None = None,
+                 overrides: list[str] | dict | None = None, *, augment_base: Callable[[str], dict]) -> dict:
+    """defaults -> preset -> config file -> overrides, in this order, as a plain nested dict (every key and type
+    checked; the values are `check_values`'s and the rooms' to judge: fastdino.run_config.load_config).
 
     preset: a name from PRESETS (a config file may name one with a top-level `preset:` key; an explicit
     argument wins). overrides: `key=value` strings (`run.epochs=3`, or a leaf name that exists in one section
     only: `epochs=3`) or a nested dict. Values from the command line are parsed for the target's type.
+    augment_base(name): the augment dict of the AugmentationSpec preset `augment_preset` names, which the layers'
+    augment keys are merged onto (the spec belongs to the data pipelines).
     """
     file_layer = _read_config_file(config_file) if config_file is not None else {}
     preset = preset if preset is not None else file_layer.get("preset", DEFAULT_PRESET)
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} (see `fastdino presets`)")
-    cfg = _plain(dataclasses.asdict(Config()))
+    cfg = plain(dataclasses.asdict(Config()))
     cfg["preset"] = preset
     _merge(cfg, PRESETS[preset][1], source=f"preset {preset!r}", from_cli=False)
     file_aug = file_layer.get("augment", {})
@@ -280,25 +286,18 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
         raise ConfigError("--set preset=...: choose the preset with --preset NAME")
     _merge(cfg, cli, source="--set", from_cli=True)
     # The augment dict's base is the AugmentationSpec preset chosen above (a layer may change augment_preset).
-    cfg["augment"] = _augment_base(cfg["augment_preset"])
+    cfg["augment"] = augment_base(cfg["augment_preset"])
     if not isinstance(file_aug, dict):
         raise ConfigError(f"config file {config_file}: 'augment' must be a mapping of AugmentationSpec fields")
     _merge(cfg["augment"], file_aug, source=f"config file {config_file}", from_cli=False, prefix="augment.")
     _merge(cfg["augment"], cli_aug, source="--set", from_cli=True, prefix="augment.")
-    if cfg["data"]["bands"] is not None:  # multispectral: the spec's bands (and in_chans) follow data.bands
-        from fastdino.multispectral import bands_into_config
-
-        bands_into_config(cfg)
-    cfg["augment"] = _complete_augment(cfg["augment"])
-    config = config_from_dict(cfg)
-    validate(config)
-    return config
+    return cfg
 
 
 def config_from_dict(d: dict) -> Config:
     """A Config from a plain nested dict (config.yaml, a checkpoint's "config"); unknown keys are errors."""
     d = copy.deepcopy(d)
-    base = _plain(dataclasses.asdict(Config()))
+    base = plain(dataclasses.asdict(Config()))
     _merge(base, {k: v for k, v in d.items() if k != "augment"}, source="config", from_cli=False)
     kwargs = {name: _SECTION_TYPES[name](**base[name]) for name in SECTIONS}
     return Config(preset=base["preset"], augment=dict(d.get("augment", {})), augment_preset=base["augment_preset"],
@@ -364,27 +363,6 @@ def _read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} must hold a mapping (sections model, data, optim, loss, run, eval, "
                           "augment)")
     return data
-
-
-def _augment_base(name: str) -> dict:
-    from fastdino.dataloading import AugmentationSpec
-
-    try:
-        spec = AugmentationSpec.preset(name)
-    except (KeyError, ValueError) as e:
-        raise ConfigError(f"augment_preset={name!r} is not an AugmentationSpec preset: {e}") from None
-    return _plain(dataclasses.asdict(spec))
-
-
-def _complete_augment(augment: dict) -> dict:
-    """Every AugmentationSpec field spelled out (a view group given as {size: 16} gets the defaults), so that
-    config.yaml and checkpoints hold the whole spec."""
-    from fastdino.dataloading import AugmentationSpec
-
-    try:
-        return _plain(dataclasses.asdict(AugmentationSpec.from_dict(augment)))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"augment: {e}") from None
 
 
 def _leaf_index(cfg: dict) -> dict[str, list[str]]:
@@ -542,17 +520,17 @@ def _coerce(value: Any, hint: Any, current: Any, key: str, source: str, from_cli
     return value
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
     """Tuples -> lists, recursively, so that the dict round-trips through YAML and torch.load(weights_only)."""
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     return obj
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Impossible values
+# Impossible values (the choices of models, data, bands and signals: their own modules, via run_config.validate)
 
 
 _CHOICES = {
@@ -562,12 +540,11 @@ _CHOICES = {
     "loss.centering": ("centering", "sinkhorn_knopp"),
     "loss.backend": ("auto", "triton", "torch", "reference"),
     "run.precision": ("auto", "bf16", "fp16", "fp32"),
-    "model.pos_embed_interp": ("timm", "dino"),
 }
 
 
-def validate(config: Config) -> None:
-    """Values that parse but cannot run; each error names the key, the value and what would work."""
+def check_values(config: Config) -> None:
+    """Values that parse but cannot run whatever is built; each error names the key, the value and what works."""
     d = config.to_dict()
 
     def get(key):
@@ -578,11 +555,7 @@ def validate(config: Config) -> None:
         if not ok:
             raise ConfigError(f"{key}={get(key)!r}: {what}")
 
-    from fastdino.dataloading import AugmentationSpec
-    from fastdino.dataloading.datasets import LAYOUTS
-    from fastdino.dataloading.pipeline import BACKENDS
-
-    for key, choices in {**_CHOICES, "data.layout": LAYOUTS, "data.backend": BACKENDS}.items():
+    for key, choices in _CHOICES.items():
         need(get(key) in choices, key, f"choose one of {', '.join(choices)}")
     for key in ("run.epochs", "run.batch_size", "run.checkpoint_every", "run.log_every",
                 "model.out_dim", "model.hidden_dim", "model.bottleneck_dim", "model.nlayers", "model.img_size"):
@@ -602,12 +575,6 @@ def validate(config: Config) -> None:
     need(threads == "auto" or (isinstance(threads, int) and threads >= 0), "data.num_threads",
          "use auto or a number >= 0")
     need(get("run.max_steps") is None or get("run.max_steps") > 0, "run.max_steps", "must be > 0 (or null: no cap)")
-    from fastdino.preemption import signal_numbers
-
-    try:
-        signal_numbers(config.run.stop_signals)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     for key in ("loss.center_momentum", "loss.momentum_teacher", "loss.ibot_mask_prob"):
         need(0 <= get(key) <= 1, key, "must be in [0, 1]")
     need(get("loss.ibot_weight") >= 0, "loss.ibot_weight", "must be >= 0 (0: off)")
@@ -615,53 +582,9 @@ def validate(config: Config) -> None:
     ratio = get("loss.ibot_mask_ratio")
     need(isinstance(ratio, (list, tuple)) and len(ratio) == 2 and 0 <= ratio[0] <= ratio[1] < 1,
          "loss.ibot_mask_ratio", f"must be [low, high] with 0 <= low <= high < 1 (iBOT: [0.1, 0.5]), got {ratio!r}")
-    need(not get("loss.ibot_weight") or get("model.arch").startswith("vit"), "loss.ibot_weight",
-         f"iBOT masks ViT patch tokens; model.arch={get('model.arch')} has none (set loss.ibot_weight=0)")
     need(0 < get("data.subset") <= 1, "data.subset", "must be in (0, 1] (a fraction of the images)")
     need(get("data.feed_workers") >= 0, "data.feed_workers", "must be >= 0 (0: no worker processes)")
     need(0 <= get("model.drop_path_rate") < 1, "model.drop_path_rate", "must be in [0, 1)")
-    from fastdino.models import list_backbones
-    from fastdino.models.attention import ATTN_BACKENDS
-
-    need(get("model.attn_backend") in ATTN_BACKENDS, "model.attn_backend", f"choose one of {', '.join(ATTN_BACKENDS)}")
-
-    need(get("model.arch") in list_backbones(), "model.arch", f"choose one of {', '.join(list_backbones())}")
-    from fastdino.models.factory import CNNS
-
-    need(not (get("model.arch") in CNNS and get("model.drop_path_rate") > 0), "model.drop_path_rate",
-         f"model.arch={get('model.arch')} is a CNN, which DINO trains without drop-path; set model.drop_path_rate=0")
-    need(get("model.pos_embed_interp") == "timm" or get("model.arch").startswith("vit"), "model.pos_embed_interp",
-         f"DINO's interpolation is for ViTs only (their absolute position embedding); model.arch="
-         f"{get('model.arch')} has none: add --set model.pos_embed_interp=timm")
     dev = get("run.device")
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "run.device",
          "use auto, cpu, cuda or cuda:N")
-    need(get("model.patch_size") is None or get("model.patch_size") > 0, "model.patch_size", "must be > 0")
-    depth = get("model.depth")
-    need(depth is None or (isinstance(depth, int) and not isinstance(depth, bool) and depth > 0), "model.depth",
-         "must be a positive number of blocks, or null for the arch's own")
-    need(depth is None or get("model.arch").startswith("vit"), "model.depth", "sets a ViT's blocks; CNNs and Swin "
-         "keep their own (leave it null)")
-    if config.data.temporal and config.data.layout not in ("seco", "auto"):
-        raise ConfigError(f"data.temporal=True needs SeCo data (data.layout=seco), got {config.data.layout!r}")
-    from fastdino.dataloading.sources import ACQUISITIONS
-
-    need(get("data.acquisitions") in ACQUISITIONS, "data.acquisitions", f"choose one of {', '.join(ACQUISITIONS)}")
-    if config.data.bands is not None or config.augment.get("bands"):
-        from fastdino.multispectral import validate_bands
-
-        validate_bands(config)
-    if config.augment:
-        try:
-            spec = AugmentationSpec.from_dict(config.augment)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"augment: {e}") from None
-        if config.data.temporal != (spec.n_dates > 1):  # DINO-TP needs both: the views' dates and the SeCo sampler
-            raise ConfigError(f"data.temporal={config.data.temporal} but the augmentation cuts views from "
-                              f"{spec.n_dates} date(s) (ViewGroup.date): DINO-TP needs data.temporal=true with "
-                              f"augment_preset=dino-tp; plain DINO / DINO-MC needs data.temporal=false")
-        patch = config.model.patch_size
-        small = [s for s in spec.view_sizes if config.model.arch.startswith("vit") and patch and s < patch]
-        if small:  # a ViT needs at least one patch per view; caught here, not in the first forward
-            raise ConfigError(f"augment: view size {small[0]} px is smaller than model.patch_size={patch}; "
-                              f"use views of at least {patch} px or a smaller patch")

@@ -255,7 +255,7 @@ def convert_head(head: dict, path: Path) -> dict:
 def _fastdino_config_for(detected: Detected, pos_embed_interp: str, args: Any) -> dict:
     """A resolved fastdino config for an original checkpoint: its model, DINO-MC's or DINO's augmentation (global
     crops 224 px, bicubic, ImageNet mean / std), so eval and export know the input."""
-    from fastdino.config import load_config
+    from fastdino.run_config import load_config
 
     mode = getattr(args, "data_mode", None)  # DINO-MC's main_dino_mc.py --data_mode dino | mc | tp
     preset = "dino-mc-vits8" if mode in ("mc", "tp") else "dino-vits16"

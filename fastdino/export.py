@@ -20,16 +20,14 @@ from pathlib import Path
 import torch
 
 import fastdino
+from fastdino.backbone_args import add_backbone_arguments
+from fastdino.run_folder import run_folder_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, type=Path,
-                        help="a fastdino checkpoint (RUN/checkpoints/last.pt), a DINO / DINO-MC checkpoint.pth, or a "
-                        "backbone state dict")
+    add_backbone_arguments(parser, action="export", checks=False)
     parser.add_argument("--output", type=Path,
                         help="FILE.safetensors (default: RUN/exported/<checkpoint stem>_teacher_backbone.safetensors)")
-    parser.add_argument("--checkpoint-key", choices=["teacher", "student"], default="teacher",
-                        help="which network of a training checkpoint to export (default: the teacher)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,8 +145,7 @@ def metadata_path(weights: Path) -> Path:
 
 def default_output(checkpoint: Path, which: str = "teacher") -> Path:
     # RUN/checkpoints/last.pt -> RUN/exported/last_teacher_backbone.safetensors (the run folder's exported/).
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    return run_dir / "exported" / f"{checkpoint.stem}_{which}_backbone.safetensors"
+    return run_folder_of(checkpoint) / "exported" / f"{checkpoint.stem}_{which}_backbone.safetensors"
 
 
 def loading_snippet(weights: Path, meta: dict) -> str:

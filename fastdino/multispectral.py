@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastdino.config import ConfigError
 from fastdino.dataloading.multispectral import (
     FILE_ORDERS,
     BandReader,
@@ -25,8 +26,6 @@ from fastdino.dataloading.torch_pipeline import pipeline_items
 def bands_into_config(cfg: dict) -> None:
     """load_config's step for an explicit data.bands list: the spec's bands and in_chans follow it; a mean / std
     of another length (the preset's RGB ones) is dropped until the statistics are resolved."""
-    from fastdino.config import ConfigError
-
     value = cfg["data"]["bands"]
     if value == "all":
         return  # known once the data is looked at (resolve_multispectral)
@@ -43,10 +42,11 @@ def bands_into_config(cfg: dict) -> None:
 
 
 def validate_bands(config) -> None:
-    """Bands, file order and in_chans that cannot run: errors name the key and the fix."""
-    from fastdino.config import ConfigError
-
+    """Bands, file order and in_chans that cannot run: errors name the key and the fix. Nothing to check for an RGB
+    run (neither data.bands nor the augmentation's bands)."""
     d = config.data
+    if d.bands is None and not config.augment.get("bands"):
+        return
     try:
         if d.bands is not None and d.bands != "all":
             band_list(d.bands)

@@ -48,6 +48,11 @@ def signal_numbers(names: list[str]) -> list[signal.Signals]:
     return out
 
 
+def validate_stop_signals(config) -> None:
+    """run.stop_signals checked at config load, before any work (ValueError naming the bad one)."""
+    signal_numbers(config.run.stop_signals)
+
+
 class StopSignals:
     """While active (a context manager), each of the given signals records itself in `received` instead of
     ending the process; the previous handlers come back on exit. Handlers can only be installed from the main

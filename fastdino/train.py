@@ -30,6 +30,7 @@ from torch import nn
 import fastdino
 from fastdino import checkpoint as ckpt_io
 from fastdino.config import Config, ConfigError, backbone_kwargs, config_diff, head_kwargs, save_config, scaled_lr
+from fastdino.device import select_device
 from fastdino.distributed import (
     SINGLE_PROCESS,
     DistInfo,
@@ -39,6 +40,7 @@ from fastdino.distributed import (
     init_distributed,
     per_rank_batch,
 )
+from fastdino.loss_terms import term_label
 from fastdino.multi_tensor import group_by_device_and_dtype, scale_each_
 from fastdino.preemption import RunControl, StopSignals, resume_command
 from fastdino.schedules import cosine_schedule, schedule_warnings, teacher_temp_schedule
@@ -54,20 +56,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 def resolve_device(config: Config, dist_info: DistInfo = SINGLE_PROCESS) -> torch.device:
-    want = config.run.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"run.device={config.run.device!r} but no CUDA GPU is visible; use --device cpu")
-        if want == "cuda":  # under torchrun each rank takes GPU LOCAL_RANK
-            want = f"cuda:{dist_info.local_rank}"
-        if torch.device(want).index >= torch.cuda.device_count():
-            raise RuntimeError(f"run.device={want!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
-        # Make it the current device: Triton launches its kernels, and DALI and torch.cuda calls without an index
-        # run, on the current device, which is cuda:0 in a single process unless set (torchrun ranks set it too).
-        torch.cuda.set_device(torch.device(want))
-    return torch.device(want)
+    """run.device as a torch.device (fastdino.device.select_device, as `fastdino finetune --device`)."""
+    return select_device(config.run.device, local_rank=dist_info.local_rank, option="run.device")
 
 
 def native_cpu_bf16() -> bool:
@@ -136,14 +126,12 @@ def build_twins(config: Config, device: torch.device) -> tuple[nn.ModuleDict, nn
     BatchNorm stays in train mode. Other teachers (ViT, Swin-T) are put in eval mode: DINO's ViT teacher has no
     stochastic layer (built without drop-path, L166), so both modes compute the same, and eval mode switches off
     the drop-path modules that fastdino's teacher shares with the student's architecture."""
-    from fastdino.models import DINOHead, create_backbone, has_batchnorms
+    from fastdino.models import DINOHead, MaskToken, create_backbone, has_batchnorms
 
     def make():
         backbone = create_backbone(**backbone_kwargs(config.model))
         twin = dict(backbone=backbone, head=DINOHead(backbone.embed_dim, **head_kwargs(config.model)))
         if config.loss.ibot_weight:  # iBOT's mask token; the teacher's copy is never used (it sees whole views)
-            from fastdino.ibot import MaskToken
-
             twin["mask_token"] = MaskToken(backbone.embed_dim)
         return nn.ModuleDict(twin)
 
@@ -191,7 +179,8 @@ def clip_gradients(params: list[nn.Parameter], clip: float, mode: str) -> None:
 
 @dataclass
 class Training:
-    """Everything one step touches. `step(views, lr, wd, momentum, epoch) -> loss` (a detached device tensor)."""
+    """Everything one step touches. `step(views, lr, wd, momentum, epoch) -> loss`: the weighted total (a detached
+    device tensor); the step also records its unweighted terms by name in `loss_terms`, for the log."""
 
     student: nn.ModuleDict
     teacher: nn.ModuleDict
@@ -200,26 +189,35 @@ class Training:
     scaler: torch.amp.GradScaler
     step: Callable[..., torch.Tensor]
     precision: str
-    # loss.koleo_weight > 0: each step's unweighted KoLeo term (detached), for the log; the log empties it
-    koleo_terms: list[torch.Tensor] = field(default_factory=list)
     ibot_loss: nn.Module | None = None  # loss.ibot_weight > 0: iBOT's patch loss (its centre is checkpointed)
-    ibot_terms: list[torch.Tensor] = field(default_factory=list)  # its unweighted value per step, like koleo_terms
+    # term name (fastdino.loss_terms) -> its unweighted value at each step (detached) since the log last read them;
+    # recorded when the total has several terms (a lone DINO loss is the total), emptied by the log
+    loss_terms: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+
+def weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """sum of weights[name] x term, in the terms' order; a weight of 1 multiplies nothing (the same number, one
+    device op less)."""
+    total = None
+    for name, term in terms.items():
+        weighted = term if weights[name] == 1 else weights[name] * term
+        total = weighted if total is None else total + weighted
+    return total
 
 
 def build_training(config: Config, device: torch.device, *, n_global: int, n_views: int, reference: bool = False,
                    dist_info: DistInfo = SINGLE_PROCESS) -> Training:
     """Models, loss, EMA, optimiser, scaler and the step function. reference=True: per-size student loop,
     DINOLoss(backend="reference"), per-tensor EMA loop (the original DINO code paths)."""
-    from fastdino.ibot import IBOTPatchLoss, sample_patch_masks, teacher_at_masks
-    from fastdino.kernels import DINOLoss, FlatEMA
+    from fastdino.kernels import DINOLoss, FlatEMA, IBOTPatchLoss, koleo_per_view, teacher_at_masks
     from fastdino.kernels.reference import reference_ema_update
-    from fastdino.koleo import koleo_per_view
     from fastdino.models import (
         MultiCropOutput,
         MultiCropWrapper,
         convert_sync_batchnorm,
         has_batchnorms,
         reference_forward_views,
+        sample_patch_masks,
     )
     from fastdino.models.reference import reference_forward_masked_views
 
@@ -291,13 +289,13 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
     last_layer = [p for n, p in student.named_parameters() if n.startswith("head.last_layer")]
     o = config.optim
 
-    koleo_terms = []
-
-    ibot_terms = []
     patch_size = getattr(student["backbone"], "patch_size", None)  # iBOT's masks are per patch (ViTs only)
+    weights = dict(dino=1.0, koleo=lc.koleo_weight, ibot=lc.ibot_weight)  # each term's weight in the total
+    loss_terms: dict[str, list[torch.Tensor]] = {}
 
     def forward_loss(views: list[torch.Tensor], epoch: int) -> torch.Tensor:
-        """DINO's loss (+ KoLeo, + iBOT's patch loss when their weights are set) of one batch of views."""
+        """DINO's loss (+ KoLeo, + iBOT's patch loss when their weights are set) of one batch of views: the
+        weighted total; the unweighted terms go to `loss_terms` by name."""
         if ibot_loss is None:
             with torch.no_grad():
                 teacher_out = teacher_forward(views[:n_global])
@@ -310,18 +308,17 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
             with torch.no_grad():
                 teacher_out = teacher_forward(views[:n_global], patch_views=n_global, patch_select=torch.cat(masks))
             student_out = student_forward(views, masks=masks, patch_views=n_global)
-        loss = dino_loss(student_out.logits, teacher_out.logits, epoch)
+        terms = dict(dino=dino_loss(student_out.logits, teacher_out.logits, epoch))
         if lc.koleo_weight:
             n_global_rows = sum(len(v) for v in views[:n_global])
-            koleo = koleo_per_view(student_out.features[:n_global_rows], n_global)
-            loss = loss + lc.koleo_weight * koleo
-            koleo_terms.append(koleo.detach())
+            terms["koleo"] = koleo_per_view(student_out.features[:n_global_rows], n_global)
         if ibot_loss is not None:
-            patch_loss = ibot_loss(student_out.patch_logits, teacher_out.patch_logits, torch.cat(masks),
-                                   float(ibot_temps[epoch]), teacher_out.patch_logit_means)
-            loss = loss + lc.ibot_weight * patch_loss
-            ibot_terms.append(patch_loss.detach())
-        return loss
+            terms["ibot"] = ibot_loss(student_out.patch_logits, teacher_out.patch_logits, torch.cat(masks),
+                                      float(ibot_temps[epoch]), teacher_out.patch_logit_means)
+        if len(terms) > 1:  # a lone DINO loss is the total, logged as "loss" already
+            for name, term in terms.items():
+                loss_terms.setdefault(name, []).append(term.detach())
+        return weighted_sum(terms, weights)
 
     def step(views: list[torch.Tensor], lr: float, wd: float, momentum: float, epoch: int) -> torch.Tensor:
         for group in optimizer.param_groups:
@@ -342,8 +339,8 @@ def build_training(config: Config, device: torch.device, *, n_global: int, n_vie
         ema_update(momentum)
         return loss.detach()
 
-    return Training(student, teacher, dino_loss, optimizer, scaler, step, precision, koleo_terms, ibot_loss,
-                    ibot_terms)
+    return Training(student, teacher, dino_loss, optimizer, scaler, step, precision, ibot_loss=ibot_loss,
+                    loss_terms=loss_terms)
 
 
 def build_loader(config: Config, device: torch.device, dist_info: DistInfo = SINGLE_PROCESS, *,
@@ -595,17 +592,15 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
                            img_per_s=images_per_step * len(window) / dt, data_wait=data_wait / dt,
                            peak_mem_gib=peak_memory_gib(device),
                            eta_s=(time.time() - loop_start) / (done - start_done) * (total - done))
-                shown_koleo = ""
-                if tr.koleo_terms:  # the unweighted KoLeo term (its weighted value is inside `loss`)
-                    rec["koleo"] = all_reduce_mean(torch.stack(tr.koleo_terms).float()).mean().item()
-                    tr.koleo_terms.clear()
-                    shown_koleo = f" (KoLeo {rec['koleo']:.3f})"
-                if tr.ibot_terms:  # iBOT's unweighted patch loss, likewise
-                    rec["ibot"] = all_reduce_mean(torch.stack(tr.ibot_terms).float()).mean().item()
-                    tr.ibot_terms.clear()
-                    shown_koleo += f" (iBOT {rec['ibot']:.3f})"
+                # each unweighted term (the weighted ones are inside `loss`), averaged like it: the same names on
+                # every rank, so the collectives pair up
+                terms = {name: all_reduce_mean(torch.stack(values).float()).mean().item()
+                         for name, values in tr.loss_terms.items()}
+                tr.loss_terms.clear()
+                rec.update(terms)
                 log.metrics(rec)
-                log.info(f"epoch {epoch + 1}/{epochs} it {i + 1}/{ipe}  loss {rec['loss']:.4f}{shown_koleo}  "
+                shown_terms = "".join(f" ({term_label(name)} {value:.3f})" for name, value in terms.items())
+                log.info(f"epoch {epoch + 1}/{epochs} it {i + 1}/{ipe}  loss {rec['loss']:.4f}{shown_terms}  "
                          f"lr {rec['lr']:.2e}  "
                          f"{rec['img_per_s']:.1f} img/s  data {100 * rec['data_wait']:.0f}%  "
                          f"mem {rec['peak_mem_gib']:.2f} GiB  eta {_hms(rec['eta_s'])}")

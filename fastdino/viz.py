@@ -2,8 +2,9 @@
 
 attention: the last block's CLS-to-patch attention of the teacher, one panel per head (plus their mean),
            each overlaid on the image, in one PNG grid whose size follows from the panel size.
-curves:    RUN/metrics.jsonl -> loss (with the online k-NN accuracy when the run logged it), learning rate
-           (and weight decay), teacher momentum and teacher temperature against the iteration.
+curves:    RUN/metrics.jsonl -> the total loss and its logged terms (DINO, KoLeo, iBOT: fastdino.loss_terms),
+           with the online k-NN accuracy when the run logged it; learning rate (and weight decay), teacher momentum
+           and teacher temperature against the iteration.
            `plot_curves(run_dir, out_png)` is what the trainer calls.
 """
 
@@ -20,14 +21,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from fastdino.loss_terms import TERM_LABELS, TOTAL, TOTAL_LABEL, term_label
+
 PANEL_GAP = 4  # px between grid panels
 LABEL_HEIGHT = 14  # px of caption strip above each panel
 CURVES = (  # (metrics.jsonl key, panel title, log scale)
-    ("loss", "DINO loss", False),
+    (TOTAL, TOTAL_LABEL, False),
     ("lr", "learning rate", True),
     ("momentum", "teacher momentum", False),
     ("teacher_temp", "teacher temperature", False),
 )
+# the loss terms beside the total (blue) and the k-NN accuracy (green), in the order of fastdino.loss_terms
+TERM_COLOURS = ("tab:orange", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -174,7 +179,8 @@ def read_metrics(path: Path, kind: str = "step") -> list[dict]:
 
 
 def plot_curves(run_dir: str | Path, out_png: str | Path, *, dpi: int = 100) -> Path:
-    """Loss, lr (+ weight decay), teacher momentum and teacher temperature from RUN/metrics.jsonl -> a 1000x700 PNG."""
+    """The total loss (+ its terms), lr (+ weight decay), teacher momentum and teacher temperature from
+    RUN/metrics.jsonl -> a 1000x700 PNG."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never open a window (the trainer calls this on headless nodes)
@@ -187,10 +193,11 @@ def plot_curves(run_dir: str | Path, out_png: str | Path, *, dpi: int = 100) -> 
     knn = read_metrics(run_dir / "metrics.jsonl", "knn") if records else []
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), dpi=dpi)
     for ax, (key, title, log) in zip(axes.flat, CURVES, strict=True):
-        _plot_key(ax, records, key, title, log)
-        if key == "loss" and knn:  # the online k-NN monitor's accuracy, on the loss's iteration axis
-            plot_knn(ax.twinx(), knn)
-            ax.set_title("DINO loss (blue), online k-NN top-1 % (green)")
+        _plot_key(ax, records, key, title, log, label=TOTAL_LABEL if key == TOTAL else None)
+        if key == TOTAL:
+            plot_loss_terms(ax, records, with_knn=bool(knn))
+            if knn:  # the online k-NN monitor's accuracy, on the loss's iteration axis
+                plot_knn(ax.twinx(), knn)
         if key == "lr" and any(_number(r.get("wd")) is not None for r in records):
             _plot_key(ax.twinx(), records, "wd", "", False, color="tab:orange", label="weight decay")
             ax.set_title("learning rate (blue), weight decay (orange)")
@@ -201,6 +208,20 @@ def plot_curves(run_dir: str | Path, out_png: str | Path, *, dpi: int = 100) -> 
     fig.savefig(out_png, dpi=dpi)
     plt.close(fig)
     return out_png
+
+
+def plot_loss_terms(ax, records: list[dict], with_knn: bool = False) -> None:
+    """The unweighted terms the run logged beside the total (every key of fastdino.loss_terms that the records hold,
+    old runs' "koleo" and "ibot" included), each in its colour with a legend; the panel's title names the colours."""
+    names = [name for name in TERM_LABELS if any(_number(r.get(name)) is not None for r in records)]
+    for name, colour in zip(names, TERM_COLOURS, strict=False):
+        _plot_key(ax, records, name, "", False, color=colour, label=term_label(name))
+    title = TOTAL_LABEL
+    if names or with_knn:
+        title += " (blue)" + (" and its unweighted terms" if names else "")
+    ax.set_title(title + (", online k-NN top-1 % (green)" if with_knn else ""))
+    if names:
+        ax.legend(loc="best", fontsize="small")
 
 
 def plot_knn(ax, knn: list[dict]) -> None:

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 import fastdino
-from fastdino.config import backbone_kwargs, head_kwargs, load_config
+from fastdino.config import backbone_kwargs, head_kwargs
 from fastdino.models import DINOHead, create_backbone
+from fastdino.run_config import load_config
 
 
 @pytest.fixture(autouse=True)

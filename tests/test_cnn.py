@@ -23,9 +23,10 @@ import torchvision
 from fastdino.dataloading import AugmentationSpec
 from torch import nn
 
-from fastdino.config import ConfigError, load_config
+from fastdino.config import ConfigError
 from fastdino.distributed import SINGLE_PROCESS, DistInfo
 from fastdino.models import TimmBackbone, create_backbone
+from fastdino.run_config import load_config
 from fastdino.train import build_training
 
 CPU = torch.device("cpu")

@@ -18,11 +18,11 @@ from fastdino.config import (
     config_diff,
     config_from_dict,
     list_presets,
-    load_config,
     read_config,
     save_config,
     scaled_lr,
 )
+from fastdino.run_config import load_config
 
 
 def test_default_is_tiny_preset():

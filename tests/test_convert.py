@@ -219,7 +219,7 @@ def test_init_from_a_dino_checkpoint_loads_both_twins_with_their_heads(tmp_path)
 
 
 def load_config_model(**model):
-    from fastdino.config import load_config
+    from fastdino.run_config import load_config
 
     base = {"patch_size": 8, "depth": None, "img_size": 16, "out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}
     return load_config("tiny", overrides={"model": {**base, **model}})

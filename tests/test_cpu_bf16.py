@@ -85,7 +85,7 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_has_it():
 def test_the_run_says_which_precision_auto_chose_and_why(tmp_path, monkeypatch):
     from fastdino.dataloading import make_synthetic_dataset
 
-    from fastdino.config import load_config
+    from fastdino.run_config import load_config
     from fastdino.train import train
 
     monkeypatch.setenv("FASTDINO_CPU_BF16", "1")

@@ -14,7 +14,7 @@ from _data_helpers import (
     which_symmetry,
 )
 from fastdino.dataloading import AugmentationSpec, build_pipeline, build_source, dali_available
-from fastdino.dataloading.dali_pipeline import looks_complete
+from fastdino.dataloading.dali_feed import looks_complete
 
 pytestmark = pytest.mark.skipif(not dali_available(),
                                 reason="nvidia-dali is not installed (pip install 'fastdino[dali]')")

@@ -63,8 +63,8 @@ def test_an_incomplete_product_is_fatal_under_strict_and_named(seco_missing_b11)
 
 
 def test_training_resolves_all_to_12_bands_when_the_first_product_lacks_one(seco_missing_b11, tmp_path):
-    from fastdino.config import load_config
     from fastdino.multispectral import resolve_multispectral
+    from fastdino.run_config import load_config
     from fastdino.stats import STATS_FILE, write_stats
 
     root, _ = seco_missing_b11
@@ -201,7 +201,7 @@ def test_dali_reads_planar_tiffs_quietly_and_says_so_once(tmp_path, capfd):
 
 @needs_dali
 def test_train_log_says_planar_tiffs_once_per_run(tmp_path):
-    from fastdino.config import load_config, validate
+    from fastdino.run_config import load_config, validate
     from fastdino.train import train
 
     root = _planar_tree(tmp_path / "planar", n_locations=4, n_acq=1, size=16)

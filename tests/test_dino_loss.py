@@ -26,7 +26,7 @@ from fastdino.kernels.loss import (
 from fastdino.kernels.reference import reference_center_update, reference_dino_loss
 from torch import nn
 
-from fastdino.config import load_config
+from fastdino.run_config import load_config
 from fastdino.train import build_training
 
 BACKENDS = ["torch", "triton"]

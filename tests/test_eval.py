@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from _eval_fixtures import make_checkpoint, make_image_folder, one_thread  # noqa: F401 (autouse)
 
 from fastdino.cli import main
-from fastdino.eval.splits import stratified_split
 from fastdino.eval.features import EvalTransform, ImageDataset, extract_features
 from fastdino.eval.knn import knn_accuracy, knn_predict
 from fastdino.eval.linear import linear_probe_accuracy
+from fastdino.eval.splits import stratified_split
 
 
 def clusters(n_classes=10, per_class=30, dim=32, noise=0.1, seed=0):

@@ -9,7 +9,8 @@ from fastdino.dataloading import build_pipeline, dali_available
 from fastdino.dataloading.multispectral import ESA_ORDER
 from fastdino.dataloading.synthetic_ms import make_synthetic_ms_dataset
 
-from fastdino.config import ConfigError, load_config
+from fastdino.config import ConfigError
+from fastdino.run_config import load_config
 from tests._data_helpers import truncate
 from tests.test_multispectral import _euro_source, _spec
 

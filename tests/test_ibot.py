@@ -1,5 +1,6 @@
-"""iBOT's masked-patch objective (fastdino/ibot.py): masks, the loss against iBOT's own loop, the masked packed
-forward against a one-view-at-a-time timm forward, and the step (packed == reference, resume, the log)."""
+"""iBOT's masked-patch objective (kernels/ibot_loss.py, fastdino/models/masking.py): masks, the loss against iBOT's
+own loop, the masked packed forward against a one-view-at-a-time timm forward, and the step (packed == reference,
+resume, the log)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from fastdino.kernels import IBOTPatchLoss, teacher_at_masks
 from test_train import build, fixed_views, loop_config, quiet_adam, scaled_config, step_losses
 
 from fastdino import checkpoint as ckpt_io
-from fastdino.config import ConfigError, load_config
-from fastdino.ibot import IBOTPatchLoss, MaskToken, sample_patch_masks, teacher_at_masks
-from fastdino.models import MultiCropWrapper, create_backbone
+from fastdino.config import ConfigError
+from fastdino.models import MaskToken, MultiCropWrapper, create_backbone, sample_patch_masks
 from fastdino.models.reference import reference_forward_masked_views
+from fastdino.run_config import load_config
 from fastdino.train import train
 
 
@@ -263,7 +265,7 @@ def test_ibot_step_equals_reference_step():
             torch.manual_seed(10 + epoch)  # the training loop re-seeds every step (the masks' draws)
             losses.append(tr.step(views, lr=1e-3, wd=0.04, momentum=0.99, epoch=epoch))
         torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-5)
-        assert len(fast.ibot_terms) == epoch + 1 and fast.ibot_terms[-1] > 0
+        assert len(fast.loss_terms["ibot"]) == epoch + 1 and fast.loss_terms["ibot"][-1] > 0
     for name in ("student", "teacher"):
         fs, rs = getattr(fast, name).state_dict(), getattr(ref, name).state_dict()
         for k in rs:
@@ -281,7 +283,7 @@ def test_ibot_adds_its_weighted_term_to_the_loss():
         tr = build(ibot_config(f"loss.ibot_weight={w}"))
         torch.manual_seed(3)
         totals.append(tr.step(views, lr=0.0, wd=0.04, momentum=0.99, epoch=1))
-        terms.append(tr.ibot_terms[-1])
+        terms.append(tr.loss_terms["ibot"][-1])
     torch.testing.assert_close(terms[0], terms[1])
     torch.testing.assert_close(totals[0] - totals[1], 0.5 * terms[0], rtol=1e-5, atol=1e-5)
 

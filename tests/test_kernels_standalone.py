@@ -1,5 +1,5 @@
-"""kernels/ stands alone: a copy of it, imported under another name with `fastdino` unimportable, runs the loss and
-the EMA with torch and triton only (so a user can vendor it into other DINO code)."""
+"""kernels/ stands alone: a copy of it, imported under another name with `fastdino` unimportable, runs the losses
+(DINO's, iBOT's, KoLeo) and the EMA with torch and triton only (so a user can vendor it into other DINO code)."""
 
 import os
 import shutil
@@ -37,6 +37,13 @@ SCRIPT = textwrap.dedent("""
                                     teacher_temp=float(module.teacher_temp_schedule[1]))
         assert torch.allclose(loss, ref, atol=1e-5), (backend, loss, ref)
         assert student.grad is not None and torch.isfinite(student.grad).all()
+
+    # the objectives beside the DINO loss: iBOT's patch loss, KoLeo
+    masks = torch.tensor([[True, False, True], [False, False, False]])
+    teacher_patches = torch.randn(2, 3, 64)
+    rows, means = k.teacher_at_masks(teacher_patches, masks)
+    patch_loss = k.IBOTPatchLoss(64)(torch.randn(2, 64), rows, masks, 0.07, means)
+    assert torch.isfinite(patch_loss) and torch.isfinite(k.koleo_per_view(torch.randn(8, 16), 2))
 
     student_net, teacher_net = nn.Linear(5, 3), nn.Linear(5, 3)
     ema = k.FlatEMA(student_net, teacher_net)

@@ -1,4 +1,4 @@
-"""DINOv2's KoLeo regulariser (fastdino/koleo.py) against a brute-force nearest-neighbour loop, and in the step."""
+"""DINOv2's KoLeo regulariser (kernels/koleo.py) against a brute-force nearest-neighbour loop, and in the step."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import math
 
 import pytest
 import torch
+from fastdino.kernels import koleo_loss, koleo_per_view
 from test_train import build, fixed_views, scaled_config
 
-from fastdino.config import ConfigError, load_config
-from fastdino.koleo import koleo_loss, koleo_per_view
+from fastdino.config import ConfigError
+from fastdino.run_config import load_config
 
 
 def brute_force_koleo(features: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from _eval_fixtures import make_checkpoint
 from fastdino.dataloading import AugmentationSpec
 from timm.layers import resample_abs_pos_embed
 
-from fastdino.config import backbone_kwargs, load_config
+from fastdino.config import backbone_kwargs
 from fastdino.convert import load_backbone
 from fastdino.export import export_teacher
 from fastdino.finetune.backbones import load_backbone as load_for_finetune
@@ -28,6 +28,7 @@ from fastdino.models.attention import xformers_available
 from fastdino.models.head import DINOHead
 from fastdino.models.packing import drop_path_per_crop, packed_layout
 from fastdino.models.pos_embed import PosEmbedInterpolator
+from fastdino.run_config import load_config
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -322,7 +322,8 @@ def test_inflated_rgb_vit_computes_the_rgb_models_features_on_b4_b3_b2():
 
 
 def test_config_bands_set_in_chans_and_bad_values_name_the_key():
-    from fastdino.config import ConfigError, config_from_dict, load_config, validate
+    from fastdino.config import ConfigError, config_from_dict
+    from fastdino.run_config import load_config, validate
 
     c = load_config("tiny", overrides=["data.bands=[B4,B3,B2,B08]"])
     assert c.augment["bands"] == ["B4", "B3", "B2", "B8"] and c.model.in_chans == 4 and c.augment["mean"] == []

@@ -14,12 +14,13 @@ import torch.multiprocessing as mp
 from _eval_fixtures import make_image_folder, one_thread  # noqa: F401 (autouse fixture)
 from PIL import Image
 
-from fastdino.config import ConfigError, load_config
+from fastdino.config import ConfigError
 from fastdino.distributed import DistInfo
 from fastdino.eval.features import EvalTransform, ImageDataset, extract_features
 from fastdino.eval.knn import knn_accuracy
 from fastdino.eval.online import OnlineKNN, bank_subset, decode_images, embed
 from fastdino.models import create_backbone
+from fastdino.run_config import load_config
 
 CPU = torch.device("cpu")
 

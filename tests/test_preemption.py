@@ -22,9 +22,10 @@ from fastdino.dataloading import AugmentationSpec, build_pipeline, build_source,
 
 from fastdino import checkpoint as ckpt_io
 from fastdino.cli import main
-from fastdino.config import Config, load_config, save_config
+from fastdino.config import Config, save_config
 from fastdino.distributed import DistInfo
 from fastdino.preemption import EXIT_PREEMPTED, RunControl, StopSignals, resume_command
+from fastdino.run_config import load_config
 from fastdino.schedules import schedule_warnings
 from fastdino.train import train
 

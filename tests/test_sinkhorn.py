@@ -9,11 +9,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from fastdino.kernels import DINOLoss, IBOTPatchLoss, reference_sinkhorn_knopp, sinkhorn_knopp_centre
 from test_train import build, fixed_views, quiet_adam, scaled_config
 
-from fastdino.config import ConfigError, load_config
-from fastdino.ibot import IBOTPatchLoss, sample_patch_masks
-from fastdino.kernels import DINOLoss, reference_sinkhorn_knopp, sinkhorn_knopp_centre
+from fastdino.config import ConfigError
+from fastdino.models import sample_patch_masks
+from fastdino.run_config import load_config
 
 
 def centre_targets(teacher: torch.Tensor, teacher_temp: float) -> torch.Tensor:
@@ -181,8 +182,8 @@ def test_distributed_equals_one_process_with_all_rows(tmp_path, splits):
         result = torch.load(tmp_path / f"result.{rank}")
         rows = teacher[splits[rank]:splits[rank + 1]]
         # the same centre on every rank, and each rank's targets are its rows of the one-process targets
-        torch.testing.assert_close(F.softmax((rows - result["centre"]) / 0.04, -1), whole[splits[rank]:splits[rank + 1]],
-                                   rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(F.softmax((rows - result["centre"]) / 0.04, -1),
+                                   whole[splits[rank]:splits[rank + 1]], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(result["reference"], whole[splits[rank]:splits[rank + 1]], rtol=1e-4, atol=1e-6)
 
 

@@ -14,7 +14,8 @@ from fastdino.dataloading import make_synthetic_dataset
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fastdino.config import ConfigError, load_config
+from fastdino.config import ConfigError
+from fastdino.run_config import load_config
 from fastdino.tensorboard_log import TENSORBOARD_DIR, TensorBoardLog, numeric_fields
 from fastdino.train import train
 from tests.test_train import one_thread  # noqa: E402, F401 (an autouse fixture: one intra-op thread)

@@ -13,8 +13,9 @@ import torch.multiprocessing as mp
 from fastdino.dataloading import AugmentationSpec, make_synthetic_dataset
 
 from fastdino import checkpoint as ckpt_io
-from fastdino.config import PRESETS, Config, load_config, validate
+from fastdino.config import PRESETS, Config
 from fastdino.distributed import SINGLE_PROCESS, DistInfo
+from fastdino.run_config import load_config, validate
 from fastdino.train import NonFiniteLossError, build_schedules, build_training, param_groups, train
 
 CPU = torch.device("cpu")

@@ -4,8 +4,9 @@ per-parameter gradient clipping on the multi-tensor fast path, and the pipeline'
 import pytest
 import torch
 
-from fastdino.config import ConfigError, load_config
+from fastdino.config import ConfigError
 from fastdino.distributed import DistInfo
+from fastdino.run_config import load_config
 from fastdino.train import clip_gradients, resolve_device, resolve_num_threads
 
 # ----------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from _eval_fixtures import make_checkpoint, make_image_folder, one_thread, write
 from PIL import Image
 
 from fastdino.cli import main
-from fastdino.viz import attention_grid, grid_columns, grid_size, plot_curves
+from fastdino.viz import attention_grid, grid_columns, grid_size, plot_curves, plot_loss_terms
 
 
 def _png_size(path):
@@ -29,6 +29,26 @@ def test_plot_curves_tolerates_missing_keys(tmp_path):
     write_metrics(run, n_steps=3, drop=("wd", "teacher_temp", "iteration"))
     out = plot_curves(run, tmp_path / "c.png")
     assert _png_size(out) == (1000, 700)
+
+
+def test_curves_label_the_total_and_plot_each_logged_term():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [{"type": "step", "iteration": i, "loss": 8.0 - i, "dino": 7.0 - i, "koleo": -0.5, "ibot": 2.0}
+               for i in range(3)]
+    fig, ax = plt.subplots()
+    try:
+        plot_loss_terms(ax, records)
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["DINO", "KoLeo", "iBOT"]
+        assert ax.get_title() == "total loss (blue) and its unweighted terms"
+        ax.clear()
+        plot_loss_terms(ax, [{"type": "step", "iteration": 0, "loss": 8.0}])  # DINO alone: the total only
+        assert ax.get_legend() is None and ax.get_title() == "total loss"
+    finally:
+        plt.close(fig)
 
 
 def test_viz_curves_errors(tmp_path, capsys):

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import fastdino
+from fastdino.backbone_args import add_backbone_arguments
 
 from .feature_cache import cache_path, cached_features
 from .features import EvalTransform, ImageDataset
@@ -45,20 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cosine per epoch, RandomResizedCrop + flip, the backbone run on every epoch's crops), also the protocol of "
         "DINO-MC's own eval_linear.py.")
     for p in (knn, linear):
-        p.add_argument("--checkpoint", required=True, type=Path,
-                       help="a fastdino checkpoint (RUN/checkpoints/last.pt), a DINO / DINO-MC checkpoint.pth, or a "
-                       "backbone state dict (e.g. dino_vits8_pretrain.pth)")
-        p.add_argument("--checkpoint-key", choices=["teacher", "student"], default="teacher",
-                       help="which network of a training checkpoint to evaluate (DINO evaluates the teacher)")
-        p.add_argument("--pos-embed", choices=["timm", "dino"],
-                       help="ViT position-embedding interpolation at other sizes (default: the run's config; DINO's "
-                       "for checkpoints of the original code)")
-        p.add_argument("--arch", help="expected architecture (an error if the checkpoint holds another)")
-        p.add_argument("--patch-size", type=int, help="expected ViT patch size (an error if it holds another)")
+        add_backbone_arguments(p, action="evaluate", random_init=True)
         p.add_argument("--data", required=True, type=Path, help="labelled ImageFolder root (ROOT/<class>/<image>)")
         p.add_argument("--train-list", type=Path, help="images to fit on, one path per line relative to --data")
         p.add_argument("--test-list", type=Path, help="images to report on, one path per line relative to --data")
-        p.add_argument("--random-init", action="store_true", help="evaluate an untrained backbone of the same arch")
         p.add_argument("--image-size", type=int, help="evaluation resolution (default: the config's global crop)")
         p.add_argument("--batch-size", type=int, default=256, help="images per feature-extraction batch")
         p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for decoding")

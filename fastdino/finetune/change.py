@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from fastdino.device import select_device
 from fastdino.eval.report import format_rows
 
 from . import common
@@ -116,7 +117,7 @@ def finetune(args: argparse.Namespace) -> dict:
     saved_list = Path(recipe["train_list"]) if recipe["train_list"] else None
     args = argparse.Namespace(**{**vars(args), "train_list": saved_list,
                                  "source": recipe.get("source_images", args.source)})
-    device = common.resolve_device(args.device)
+    device = select_device(args.device)
     common.seed_everything(recipe["seed"])
     loaded = backbone_from_args(args, random_init=recipe["random_init"], img_size=recipe["tile_size"],
                                 seed=recipe["seed"])

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from fastdino.device import select_device
+
 from . import common
 from .backbones import backbone_from_args, set_drop_path
 from .data_classify import LabelledImages, LoadBands, eval_transform, load_rgb, read_splits, train_transform
@@ -100,7 +102,7 @@ def finetune(args: argparse.Namespace) -> dict:
     train_list = Path(recipe["train_list"]) if recipe["train_list"] else None  # resumed: the saved run's list
     splits, classes = read_splits(args.data, {"train": train_list, "val": args.val_list, "test": args.test_list})
     common.check_disjoint({name: (split.paths, split.where) for name, split in splits.items()}, "image")
-    device = common.resolve_device(args.device)
+    device = select_device(args.device)
     loaded, model, optimizer, scheduler, history, start_epoch = build_sgd_finetune(args, recipe, saved, len(classes),
                                                                                  device)
     size, mean, std = recipe["img_size"], loaded.mean, loaded.std

@@ -11,6 +11,9 @@ import importlib
 import sys
 from pathlib import Path
 
+from fastdino.backbone_args import add_backbone_arguments
+from fastdino.run_folder import run_folder_of
+
 from .common import default_workers
 
 TASKS = {
@@ -32,20 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser, preset: dict) -> None:
-    g = p.add_argument_group("backbone (read as `fastdino eval` reads it)")
-    g.add_argument("--checkpoint", type=Path,
-                   help="a fastdino checkpoint (RUN/checkpoints/last.pt), a DINO / DINO-MC checkpoint.pth, a backbone "
-                        "state dict (e.g. dino_vits8_pretrain.pth), or an exported backbone (.safetensors)")
-    g.add_argument("--checkpoint-key", choices=["teacher", "student"], default="teacher",
-                   help="which network of a training checkpoint to fine-tune (DINO-MC: the teacher)")
-    g.add_argument("--pos-embed", choices=["timm", "dino"],
-                   help="ViT position-embedding interpolation at other sizes (default: the run's config; DINO's for "
-                        "checkpoints of the original code)")
-    g.add_argument("--random-init", action="store_true",
-                   help="start from untrained weights (of --checkpoint's architecture, or --arch): the baseline")
-    g.add_argument("--arch", help="with --checkpoint: the expected architecture (an error if it holds another); with "
-                                  "--random-init alone: the backbone to build (vit_small, resnet50, ...)")
-    g.add_argument("--patch-size", type=int, help="ViT patch size, expected or (--random-init alone) built")
+    add_backbone_arguments(p, action="fine-tune", required=False, exported=True, random_init=True,
+                           title="backbone (read as `fastdino eval` reads it)")
     r = p.add_argument_group("recipe (unset: the DINO-MC preset, in brackets)")
     r.add_argument("--epochs", type=int, help=f"training epochs [{preset['epochs']}]")
     r.add_argument("--batch-size", type=int, help=f"images per step [{preset['batch_size']}]")
@@ -90,9 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def default_output(checkpoint: Path, task: str, random_init: bool) -> Path:
-    checkpoint = Path(checkpoint)
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    return run_dir / "finetune" / f"{task}{'_random-init' if random_init else ''}"
+    return run_folder_of(checkpoint) / "finetune" / f"{task}{'_random-init' if random_init else ''}"
 
 
 def _error(task: str, message: str) -> int:

@@ -9,13 +9,11 @@ Run folder (--output):  config.json (the resolved recipe), metrics.jsonl (one re
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -25,9 +23,8 @@ import numpy as np
 import torch
 
 import fastdino
-from fastdino.checkpoint import save_checkpoint, set_rng_state
-
-LAST = "last.pt"
+from fastdino import run_folder
+from fastdino.checkpoint import LAST, save_checkpoint, set_rng_state, write_atomically
 
 
 def default_workers() -> int:
@@ -47,71 +44,20 @@ def recipe_from(args, preset: dict) -> dict:
     return {k: getattr(args, k) if getattr(args, k, None) is not None else v for k, v in preset.items()}
 
 
-# --- run folder ---------------------------------------------------------------------------------------------
+# --- run folder (fastdino.run_folder, as `fastdino train`'s) ------------------------------------------------
+RUN_ENTRIES = ("checkpoints", "metrics.jsonl")  # what --overwrite clears: a later --resume must not find the old run
+NOT_EMPTY = "--output {run_dir} is not empty: pass --resume to continue that run or --overwrite to start again in it"
+
+
 def check_output(output: Path, *, resume: bool, overwrite: bool) -> Path | None:
-    """Check the output folder before any work, touching nothing; returns the checkpoint to resume from (or None).
-
-    A non-empty folder is refused unless --resume (continue it) or --overwrite (start again in it)."""
-    output = Path(output)
-    last = output / "checkpoints" / LAST
-    if resume:
-        if not last.is_file():
-            raise FileNotFoundError(f"--resume: {last} does not exist (nothing to resume in --output {output})")
-        return last
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise ValueError(f"--output {output} is not empty: pass --resume to continue that run or --overwrite "
-                         f"to start again in it")
-    return None
+    """Check the output folder before any work, touching nothing; returns the checkpoint to resume from (or None)."""
+    return run_folder.check_output(output, resume=resume, overwrite=overwrite, not_empty=NOT_EMPTY)
 
 
-def create_output(output: Path, *, overwrite: bool) -> None:
-    """The run folder of a new run; --overwrite removes the old run's checkpoints and epoch records first, so that
-    a later --resume cannot pick up the old run's weights."""
-    output = Path(output)
-    if overwrite:
-        shutil.rmtree(output / "checkpoints", ignore_errors=True)
-        (output / "metrics.jsonl").unlink(missing_ok=True)
-    output.mkdir(parents=True, exist_ok=True)
-
-
-@contextlib.contextmanager
 def new_run_folder(output: Path, *, fresh: bool, overwrite: bool):
-    """The run folder around the start of a run. A fresh run's folder is created here (create_output); if the run
-    fails before it wrote its first checkpoint, what it created is removed again, so the rerun needs no
-    --overwrite. A folder that existed before the run stays, with whatever was in it then; a resumed run (fresh
-    False) is never touched."""
-    if not fresh:
-        yield
-        return
-    output = Path(output)
-    created = topmost_missing(output)
-    existing = set() if created is not None else set(output.iterdir())
-    create_output(output, overwrite=overwrite)
-    try:
-        yield
-    except BaseException:
-        if not (output / "checkpoints" / LAST).is_file():  # nothing to resume: the folder is of no use
-            remove_created(output, created, existing)
-        raise
-
-
-def topmost_missing(path: Path) -> Path | None:
-    """The outermost folder that `mkdir(parents=True)` of `path` would create (None: `path` exists)."""
-    missing = None
-    while not path.exists():
-        missing, path = path, path.parent
-    return missing
-
-
-def remove_created(output: Path, created: Path | None, existing: set[Path]) -> None:
-    if created is not None:
-        shutil.rmtree(created, ignore_errors=True)
-        return
-    for entry in set(output.iterdir()) - existing:
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+    """The run folder around the start of a run: created for a fresh run, removed again if the run fails before
+    its first checkpoint (fastdino.run_folder.new_run_folder)."""
+    return run_folder.new_run_folder(output, fresh=fresh, overwrite=overwrite, entries=RUN_ENTRIES)
 
 
 def load_resume(resume_from: Path | None, recipe: dict, task: str) -> tuple[dict | None, dict]:
@@ -163,13 +109,9 @@ def check_disjoint(splits: dict[str, tuple[Iterable, str]], what: str) -> None:
 
 
 def write_json(path: Path, data: dict) -> Path:
-    """JSON written under a temporary name, then renamed: never a half-written results file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    tmp.replace(path)
-    return path
+    """JSON written atomically (fastdino.checkpoint.write_atomically): never a half-written results file."""
+    text = json.dumps(data, indent=2, default=_json_default) + "\n"
+    return write_atomically(path, lambda f: f.write(text.encode()))
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -320,15 +262,6 @@ def fit(model, train_loader, optimizer, scheduler, loss_of: Callable, *, task: s
         save_state(output, task=task, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
                    recipe=recipe, history=history, extra=extra)
     return sum(r.get("train_seconds", 0.0) for r in history)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 # --- printing -----------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from fastdino.device import select_device
 from fastdino.eval.report import format_rows
 
 from . import common
@@ -81,7 +82,7 @@ def finetune(args: argparse.Namespace) -> dict:
     resume_from = common.check_output(args.output, resume=args.resume, overwrite=args.overwrite)
     saved, recipe = common.load_resume(resume_from, recipe, TASK)
     lists["train"] = Path(recipe["train_list"])  # a resumed run trains on its saved list, fraction and seed
-    device = common.resolve_device(args.device)
+    device = select_device(args.device)
     loaded, model, optimizer, scheduler, history, start_epoch = build_sgd_finetune(args, recipe, saved, len(LABELS_19),
                                                                                  device)
     flagged = bad_patches(Path(args.data))

@@ -13,14 +13,8 @@ import timm
 import torch
 import torch.nn as nn
 
+from .patch_input import floor_to_patch
 from .reference import reference_forward_views
-
-
-def floor_to_patch(x: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Crop the bottom/right remainder: what Conv2d(stride=patch) ignores anyway, made explicit for timm's
-    patch embedding, which asserts divisibility."""
-    h, w = x.shape[-2] // patch_size * patch_size, x.shape[-1] // patch_size * patch_size
-    return x if (h, w) == tuple(x.shape[-2:]) else x[..., :h, :w]
 
 
 class TimmBackbone(nn.Module):

@@ -1,11 +1,13 @@
-"""Backbones by name: create_backbone(arch, ...) and list_backbones()."""
+"""Backbones by name: create_backbone(arch, ...) and list_backbones(); validate_model_config and
+validate_view_sizes check a training config's model choices against them before any work."""
 
 from __future__ import annotations
 
 from timm.models import is_model
 
-from .attention import check_attn_backend
+from .attention import ATTN_BACKENDS, check_attn_backend
 from .backbone import TimmBackbone
+from .pos_embed import POS_EMBED_INTERPS
 from .vit import PackedViT
 
 _VITS = ("vit_tiny", "vit_small", "vit_base")
@@ -68,3 +70,44 @@ def create_backbone(arch: str, *, patch_size: int | None = None, img_size: int =
         return TimmBackbone(timm_name, floor_to=native_patch, drop_path_rate=drop_path_rate,
                             grad_checkpointing=grad_checkpointing, init_kwargs=init_kwargs, **kwargs)
     raise ValueError(f"unknown backbone arch {arch!r}; known: {', '.join(list_backbones())}")
+
+
+def validate_model_config(config) -> None:
+    """A training config's model choices that create_backbone (or iBOT's patch masking) would refuse, checked at
+    config load so that no work is wasted: ValueError naming the key, the value and what works (load_config makes
+    it a ConfigError). `config`: fastdino.config.Config, read for .model and .loss.ibot_weight."""
+    m = config.model
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            section, leaf = key.split(".")
+            raise ValueError(f"{key}={getattr(getattr(config, section), leaf)!r}: {what}")
+
+    need(m.pos_embed_interp in POS_EMBED_INTERPS, "model.pos_embed_interp",
+         f"choose one of {', '.join(POS_EMBED_INTERPS)}")
+    need(m.attn_backend in ATTN_BACKENDS, "model.attn_backend", f"choose one of {', '.join(ATTN_BACKENDS)}")
+    # the arch first: the checks below tell ViTs from the others
+    need(m.arch in list_backbones(), "model.arch", f"choose one of {', '.join(list_backbones())}")
+    vit = m.arch in _VITS
+    need(not (m.arch in CNNS and m.drop_path_rate > 0), "model.drop_path_rate",
+         f"model.arch={m.arch} is a CNN, which DINO trains without drop-path; set model.drop_path_rate=0")
+    need(m.pos_embed_interp == "timm" or vit, "model.pos_embed_interp",
+         f"DINO's interpolation is for ViTs only (their absolute position embedding); model.arch={m.arch} has none: "
+         "add --set model.pos_embed_interp=timm")
+    need(m.patch_size is None or m.patch_size > 0, "model.patch_size", "must be > 0")
+    depth = m.depth
+    need(depth is None or (isinstance(depth, int) and not isinstance(depth, bool) and depth > 0), "model.depth",
+         "must be a positive number of blocks, or null for the arch's own")
+    need(depth is None or vit, "model.depth", "sets a ViT's blocks; CNNs and Swin keep their own (leave it null)")
+    need(not config.loss.ibot_weight or vit, "loss.ibot_weight",
+         f"iBOT masks ViT patch tokens; model.arch={m.arch} has none (set loss.ibot_weight=0)")
+
+
+def validate_view_sizes(model, view_sizes) -> None:
+    """A ViT needs at least one patch per view: caught at config load, not in the first forward (ValueError).
+    `model`: the config's model section; view_sizes: the augmentation's (AugmentationSpec.view_sizes)."""
+    patch = model.patch_size
+    small = [s for s in view_sizes if model.arch in _VITS and patch and s < patch]
+    if small:
+        raise ValueError(f"augment: view size {small[0]} px is smaller than model.patch_size={patch}; use views of "
+                         f"at least {patch} px or a smaller patch")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .patch_input import floor_to_patch
+
 
 def reference_forward_views(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
     """[sum B_v, D]: backbone(x) per run of same-size views, outputs concatenated in view order."""
@@ -31,8 +33,6 @@ def reference_forward_masked_views(backbone: nn.Module, views: list[torch.Tensor
     timm's own modules: patch embedding, masked embeddings -> mask_token (iBOT's `mask_model`), position
     embedding, blocks, final norm. Returns (CLS features [sum B_v, D], patch tokens of the first patch_views views
     [sum B_v, h*w, D])."""
-    from .backbone import floor_to_patch
-
     m = backbone.timm_model
     cls, patches = [], []
     for i, view in enumerate(views):

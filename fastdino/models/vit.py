@@ -12,11 +12,11 @@ is timm's and exports as is. `forward(x)` is timm's own forward (one size); `for
    the only tokens DINO reads (~7% less work for a 12-block ViT, the same result);
 5. the CLS token of every crop comes out in view order: [sum B_v, D].
 
-For iBOT's masked-patch objective (fastdino/ibot.py) it also takes patch masks (masked patch embeddings are
-replaced by a learned mask token before the position embedding, as iBOT's `mask_model` does) and returns the
-final patch tokens of the leading `patch_views` views; the last block then runs over every token of their group,
-or, given `patch_select` (the student: iBOT reads its masked patches only), over the CLS rows and the selected
-patch rows only (keys and values still from every token: the same result for those rows).
+For iBOT's masked-patch objective (masking.py, kernels/ibot_loss.py) it also takes patch masks (masked patch
+embeddings are replaced by a learned mask token before the position embedding, as iBOT's `mask_model` does) and
+returns the final patch tokens of the leading `patch_views` views; the last block then runs over every token of
+their group, or, given `patch_select` (the student: iBOT reads its masked patches only), over the CLS rows and the
+selected patch rows only (keys and values still from every token: the same result for those rows).
 """
 
 from __future__ import annotations

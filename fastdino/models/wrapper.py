@@ -27,7 +27,7 @@ class MultiCropWrapper(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
-        self.mask_token = mask_token  # iBOT (fastdino/ibot.py): inside the module DDP wraps, so its gradient syncs
+        self.mask_token = mask_token  # iBOT (masking.py): inside the module DDP wraps, so its gradient syncs
 
     def forward(self, views: list[torch.Tensor] | torch.Tensor, masks: list[torch.Tensor] | None = None,
                 patch_views: int = 0, patch_select: torch.Tensor | None = None) -> MultiCropOutput:

@@ -1,17 +1,12 @@
-"""iBOT's masked-patch objective (Zhou et al. 2022, bytedance/ibot), added to the DINO loss with `loss.ibot_weight`.
+"""iBOT's masked-patch loss (Zhou et al. 2022, bytedance/ibot), added to the DINO loss with `loss.ibot_weight`.
 
-The student sees its global views with some patch embeddings replaced by a learned mask token; the teacher sees
-them whole. For every masked patch, the student's head output at that patch is pulled towards the teacher's
-centred, sharpened output at the same patch of the same view: a cross-entropy like DINO's, over patch tokens
-instead of CLS tokens, with its own centre. DINO gives one target per view; this gives one per masked patch.
+The student sees its global views with some patch embeddings replaced by a learned mask token (the token and the
+mask sampling: fastdino/models/masking.py); the teacher sees them whole. For every masked patch, the student's head
+output at that patch is pulled towards the teacher's centred, sharpened output at the same patch of the same view:
+a cross-entropy like DINO's, over patch tokens instead of CLS tokens, with its own centre. DINO gives one target per
+view; this gives one per masked patch.
 
 Values from the original (bytedance/ibot), cited by function and argument:
-- masks (loader.py, `ImageFolderMask.get_pred_ratio` / `__getitem__`; README's ViT-S/16 command
-  `--pred_ratio 0 0.3 --pred_ratio_var 0 0.2`): each global crop is left whole or masked with equal odds; a
-  masked crop hides int(r x patches) patches, r ~ U(0.1, 0.5). Positions uniformly at random (`pred_shape rand`;
-  iBOT's default is BEiT's blocks, which on the 4 x 4 grid of a 64 px tile at patch 16 would be a third of it);
-- the mask token: `masked_embed`, zeros [1, D], replaces the patch embedding before the position embedding
-  (models/vision_transformer.py, `mask_model`);
 - the loss (main_ibot.py, `iBOTLoss.forward`): teacher view q against the student's same view q only; per crop
   the mean over its masked patches (a crop without masks adds 0), the mean over crops and views; weight
   `--lambda2 1.0`; student temperature 0.1; teacher patch temperature `--teacher_patch_temp 0.07` after the
@@ -21,9 +16,11 @@ Values from the original (bytedance/ibot), cited by function and argument:
   normalised bottleneck: the layer is linear, so it is the same number, without the out_dim product at the
   patches no loss reads);
 - `centering="sinkhorn_knopp"` (DINOv2's alternative, dinov2/loss/ibot_patch_loss.py): the targets come from
-  Sinkhorn-Knopp over the masked rows of all ranks instead of the running centre (kernels/sinkhorn.py);
+  Sinkhorn-Knopp over the masked rows of all ranks instead of the running centre (sinkhorn.py);
 - the head: shared with the CLS tokens (`--shared_head true` in the ViT-S/16 command), so patch logits have
   the CLS head's out_dim.
+
+torch only (and this package's own modules), like the rest of kernels/.
 """
 
 from __future__ import annotations
@@ -33,31 +30,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastdino.kernels.loss import CENTERINGS
-from fastdino.kernels.sinkhorn import sinkhorn_knopp_centre
-
-
-class MaskToken(nn.Module):
-    """The learned embedding that replaces a masked patch (iBOT's `masked_embed`, zeros at init)."""
-
-    def __init__(self, embed_dim: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(1, embed_dim))
-
-
-def sample_patch_masks(n_crops: int, n_patches: int, *, mask_prob: float = 0.5,
-                       ratio: tuple[float, float] = (0.1, 0.5), device: torch.device | str = "cpu",
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """bool [n_crops, n_patches]: each crop masked with probability mask_prob; a masked crop hides
-    int(r * n_patches) patches at uniformly random positions, r ~ U(ratio). From the global torch generator
-    unless one is given (the training step re-seeds it every step, so a resumed run draws the same masks)."""
-    lo, hi = ratio
-    r = torch.empty(n_crops, device=device).uniform_(lo, hi, generator=generator)
-    masked = torch.rand(n_crops, device=device, generator=generator) < mask_prob
-    count = torch.where(masked, (r * n_patches).floor(), torch.zeros_like(r))
-    # the positions of the `count` smallest of n_patches random keys: a uniform random subset of that size
-    rank = torch.rand(n_crops, n_patches, device=device, generator=generator).argsort(1).argsort(1)
-    return rank < count[:, None]
+from .loss import CENTERINGS
+from .sinkhorn import sinkhorn_knopp_centre
 
 
 class IBOTPatchLoss(nn.Module):
@@ -65,9 +39,9 @@ class IBOTPatchLoss(nn.Module):
     masks bool [N, P] of the N global crops, teacher_temp, teacher_patch_mean [N, K]: each crop's mean raw teacher
     logit over all P patches, for the centre) -> loss; updates the centre after.
 
-    From the teacher's full output [N, P, K]: `teacher_at_masks(full, masks)`. The training step instead gets the
-    masked rows and the means from the teacher's wrapper (`patch_select`), which skips the head's last layer at the
-    unmasked patches; the same numbers (tests/test_ibot.py)."""
+    From the teacher's full output [N, P, K]: `teacher_at_masks(full, masks)`. fastdino's training step instead gets
+    the masked rows and the means from the teacher's wrapper (`patch_select`), which skips the head's last layer at
+    the unmasked patches; the same numbers (tests/test_ibot.py)."""
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
                  centering: str = "centering"):

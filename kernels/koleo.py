@@ -5,7 +5,7 @@ search") is, up to constants, the mean log distance of each point to its nearest
 the batch's features apart, uniformly. DINOv2 adds 0.1 x its negative to the DINO loss, on the L2-normalised CLS
 features of the student's global views, one global view at a time, so two crops of one image are never each
 other's neighbour (dinov2/loss/koleo_loss.py; dinov2/train/ssl_meta_arch.py, `koleo_loss`; weight 0.1 in
-dinov2/configs/ssl_default_config.yaml). Like DINOv2 it runs on each rank's own batch.
+dinov2/configs/ssl_default_config.yaml). Like DINOv2 it runs on each rank's own batch. torch only.
 """
 
 from __future__ import annotations
