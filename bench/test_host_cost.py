@@ -19,9 +19,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from fastdino.dataloading import AugmentationSpec, build_source
+from fastdino.dataloading.band_files import BandReader
 from fastdino.dataloading.dali_feed import Feeder, rgb_files_per_image
 from fastdino.dataloading.dali_ms import MSFeeder
-from fastdino.dataloading.multispectral import BandReader
 from fastdino.dataloading.torch_pipeline import epoch_sampler, pipeline_items
 
 from bench.seco_corpus import BAND_SIZES

@@ -52,11 +52,11 @@ def eurosat_ms(tmp_path_factory):
     and the same images prepared as .npy (fastdino prepare)."""
     import argparse
 
-    from fastdino.dataloading.multispectral import FILE_ORDERS, BandReader
+    from fastdino.dataloading.band_files import FILE_ORDERS, BandReader
     from fastdino.dataloading.synthetic_ms import make_synthetic_ms_dataset
 
-    from fastdino.cli_prepare import prepare
-    from fastdino.stats import compute_band_stats
+    from fastdino.bands.stats import compute_band_stats
+    from fastdino.cli.prepare import prepare
 
     pytest.importorskip("tifffile")
     root = make_synthetic_ms_dataset(tmp_path_factory.mktemp("eurosat_ms"), n_images=MS_IMAGES, size=64)
@@ -76,7 +76,7 @@ def test_pipeline_multispectral_cpu(benchmark, impl, eurosat_ms):
         pytest.skip("nvidia-dali is not installed (pip install 'fastdino[dali]')")
     import dataclasses
 
-    from fastdino.dataloading.multispectral import ESA_ORDER, FILE_ORDERS, file_band_order
+    from fastdino.dataloading.band_files import ESA_ORDER, FILE_ORDERS, file_band_order
 
     tif, npy, stats = eurosat_ms
     root = npy if impl == "fastdino-npy" else tif

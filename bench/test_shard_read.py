@@ -62,8 +62,8 @@ def _bytes_reader(kind: str):
 
 
 def _decoded_reader(kind: str):
+    from fastdino.dataloading.band_files import BandReader
     from fastdino.dataloading.decode import load_rgb
-    from fastdino.dataloading.multispectral import BandReader
 
     if kind == "rgb":
         return lambda acq: load_rgb(acq).width

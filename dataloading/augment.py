@@ -123,7 +123,7 @@ class AugmentationSpec:
                     raise TypeError(f"AugmentationSpec.{kind}[{i}] is a {type(group).__name__}, expected ViewGroup")
                 group.validate(f"{kind}[{i}]")
         if self.bands:
-            from .multispectral import band_list
+            from .band_files import band_list
 
             canonical = band_list(self.bands, "AugmentationSpec.bands")
             if canonical != tuple(self.bands):

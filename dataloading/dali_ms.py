@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .band_files import rgb_indices
 from .dali_feed import Feeder
 from .dali_layout import has_colour, param_layout
 from .ms_augment import colour_blocks
-from .multispectral import rgb_indices
 from .sources import SeCoLocation
 from .torch_pipeline import _name, draw_dates, sample_view_params
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from nvidia.dali import fn, pipeline_def, types
 
+from .band_files import rgb_indices
 from .dali_layout import has_colour, param_layout, view_slots
-from .multispectral import rgb_indices
 
 _INTERP = {"nearest": types.INTERP_NN, "bilinear": types.INTERP_LINEAR, "bicubic": types.INTERP_CUBIC}
 

@@ -44,8 +44,8 @@ import numpy as np
 import torch
 
 from .augment import AugmentationSpec
-from .bands import RGB_BANDS, band_lut
 from .dali_feed import Feeder, planar_note, rgb_files_per_image, typical_pixels
+from .seco_stretch import RGB_BANDS, band_lut
 from .torch_pipeline import _check_length, check_temporal, epoch_sampler, note_skipped, pipeline_items
 
 _PREFETCH = 2  # DALI prefetch queue depth: batches in flight ahead of the consumer
@@ -113,7 +113,7 @@ class DaliPipeline:
         from .dali_graph import multiview_pipeline
 
         n_slots = self.spec.n_dates if self.temporal else 1
-        # SeCo band files: SeCo's stretch per band, B4, B3, B2 (bands.py); RGB files are read as they are.
+        # SeCo band files: SeCo's stretch per band, B4, B3, B2 (seco_stretch.py); RGB files are read as they are.
         band_luts = [band_lut(b).tolist() for b in RGB_BANDS] if self.feeder.files_per_image == 3 else None
         # The seed is a function of where the pipeline starts, so the views of an epoch do not depend on the run's
         # history; a rebuild after a decoder failure gets a new one (it must not repeat the failed batch's draws).

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from .bands import RGB_BANDS, read_bands
 from .members import open_member
+from .seco_stretch import RGB_BANDS, read_bands
 from .sources import Acquisition
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 
-from .multispectral import op_channels
+from .band_files import op_channels
 
 GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma of (R, G, B), torchvision's rgb_to_grayscale and DALI's
 _YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])

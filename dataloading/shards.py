@@ -40,9 +40,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from .band_files import read_array
 from .decode import load_rgb
 from .members import SHARD_INDEX
-from .multispectral import read_array
 from .sources import ImageSource, SeCoSource
 
 FORMAT = "fastdino-shards/1"

@@ -6,7 +6,7 @@ Layouts (`build_source(path, layout=...)`):
   list    a text file of image paths relative to `path` (EuroSAT's train/val/test.txt); labels from the first
           path component when every entry has one (`AnnualCrop/AnnualCrop_1.jpg` -> AnnualCrop)
   seco    `<root>/<location>/<product-id>/B*.tif` single-band uint8 (RGB = B4, B3, B2) and/or the 100K release's
-          RGB preview `<root>/<location>/<product-id>.tif`; a location groups its acquisitions (see bands.py)
+          RGB preview `<root>/<location>/<product-id>.tif`; a location groups its acquisitions (see seco_stretch.py)
   auto    list if `list_file` is given (or `path` is a .txt file), seco if a location holds band folders,
           folder if every image sits in a top-level sub-folder, files otherwise. A SeCo tree of previews only
           looks like an ImageFolder of TIFFs: pass layout="seco" for it.
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .bands import RGB_BANDS
+from .seco_stretch import RGB_BANDS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".npy")  # .npy: multispectral arrays (multispectral.py)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".npy")  # .npy: multispectral arrays (band_files.py)
 LAYOUTS = ("auto", "files", "folder", "list", "seco")
 ACQUISITIONS = ("all", "one")
 _RGB_BANDS = RGB_BANDS

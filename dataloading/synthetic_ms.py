@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .multispectral import FILE_ORDERS, S2_BANDS
+from .band_files import FILE_ORDERS, S2_BANDS
 
 _MARKER = "synthetic_ms.json"
 LAYOUTS = ("eurosat-ms", "seco")

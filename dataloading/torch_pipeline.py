@@ -29,9 +29,9 @@ from PIL import Image, ImageFilter, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .augment import AugmentationSpec, ViewGroup
+from .band_files import BandReader
 from .decode import load_rgb
 from .ms_augment import apply_ms_view
-from .multispectral import BandReader
 from .shard_order import ShardEpochSampler
 from .shard_source import ShardSource
 from .sources import Acquisition, ImageSource, SeCoLocation, SeCoSource
@@ -261,7 +261,7 @@ def _collate(samples):
 
 def band_reader(source, spec: AugmentationSpec) -> BandReader | None:
     """The multispectral reader of a spec with bands (None for RGB): file order from the source's `file_bands`
-    (set by fastdino.multispectral.resolve_multispectral)."""
+    (set by fastdino.bands.resolve.resolve_multispectral)."""
     if not spec.bands:
         return None
     if not spec.mean:

@@ -152,9 +152,9 @@ def _older_checkpoints(folder: Path) -> list[Path]:
 
 
 def load_teacher_backbone(path: str | Path, device: str | torch.device = "cpu"):
-    """(teacher backbone in eval mode, config dict) from a checkpoint file or a run folder (fastdino.convert reads
-    it, so original DINO / DINO-MC checkpoints work too)."""
-    from fastdino.convert import load_backbone
+    """(teacher backbone in eval mode, config dict) from a checkpoint file or a run folder (fastdino.models.convert
+    reads it, so original DINO / DINO-MC checkpoints work too)."""
+    from fastdino.models.convert import load_backbone
 
     path = Path(path)
     if path.is_dir():

@@ -3,7 +3,7 @@ and the bands, and has every value checked before any work starts.
 
 Each module that builds something checks the choices it takes (`validate`): fastdino.config the numbers and its
 own choices, fastdino.models the arch and its options, fastdino.dataloading the data layout, backend and
-augmentation, fastdino.multispectral the bands, fastdino.preemption the stop signals. Their errors name the key,
+augmentation, fastdino.bands.resolve the bands, fastdino.preemption the stop signals. Their errors name the key,
 the value and the fix; all of them reach the caller as a ConfigError.
 """
 
@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from fastdino.bands.resolve import bands_into_config, validate_bands
 from fastdino.config import Config, ConfigError, check_values, config_from_dict, merge_layers, plain
 from fastdino.dataloading import AugmentationSpec
 from fastdino.dataloading.config_checks import validate_augment_config, validate_data_config
 from fastdino.models.factory import validate_model_config, validate_view_sizes
-from fastdino.multispectral import bands_into_config, validate_bands
 from fastdino.preemption import validate_stop_signals
 
 

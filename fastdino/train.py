@@ -41,10 +41,10 @@ from fastdino.distributed import (
     per_rank_batch,
 )
 from fastdino.loss_terms import term_label
+from fastdino.monitor.tensorboard import TensorBoardLog, picture_file, require_tensorboard
 from fastdino.multi_tensor import group_by_device_and_dtype, scale_each_
 from fastdino.preemption import RunControl, StopSignals, resume_command
 from fastdino.schedules import cosine_schedule, schedule_warnings, teacher_temp_schedule
-from fastdino.tensorboard_log import TensorBoardLog, picture_file, require_tensorboard
 
 
 class NonFiniteLossError(RuntimeError):
@@ -355,8 +355,8 @@ def build_loader(config: Config, device: torch.device, dist_info: DistInfo = SIN
     source = build_source(d.path, list_file=d.list_file, layout=d.layout, subset=d.subset, seed=config.run.seed,
                           acquisitions="all" if d.temporal else d.acquisitions, temporal=d.temporal)
     spec = AugmentationSpec.from_dict(config.augment)
-    if spec.bands:  # multispectral: the band order of multi-band files (fastdino/multispectral.py)
-        from fastdino.multispectral import attach_file_bands
+    if spec.bands:  # multispectral: the band order of multi-band files (fastdino/bands/resolve.py)
+        from fastdino.bands.resolve import attach_file_bands
 
         attach_file_bands(source, config)
     n_images = source.num_locations if d.temporal else len(source)
@@ -448,7 +448,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, init_fro
           echo: Callable[[str], None] = print, reference: bool = False, max_steps: int | None = None) -> dict:
     """Train; returns the summary (img/s, peak memory, wall time, final loss, skipped images, and `stopped`: the
     name of the signal that stopped the run early, else None). The run folder must be prepared by the caller
-    (cli_train checks that it is empty unless resuming). max_steps overrides run.max_steps."""
+    (fastdino.cli.train checks that it is empty unless resuming). max_steps overrides run.max_steps."""
     t_start = time.time()
     dist_info = init_distributed("cuda" if config.run.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
@@ -470,7 +470,7 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
     if config.run.tensorboard:
         require_tensorboard()  # a missing package is an error now, before the data and the models are built
     if config.data.bands is not None:  # multispectral: bands, per-band statistics, in_chans into the config
-        from fastdino.multispectral import resolve_multispectral
+        from fastdino.bands.resolve import resolve_multispectral
 
         resolve_multispectral(config, echo=log.info)
     if dist_info.is_main:
@@ -512,8 +512,8 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
         resumed_losses, skipped = state.get("epoch_losses", []), set(state.get("skipped_images", []))
         log.info(f"resumed from {path} at epoch {start_epoch}" + (f", batch {start_batch}" if start_batch else ""))
     elif init_from is not None:
-        # fastdino, DINO / DINO-MC checkpoints or a bare backbone state dict, converted to timm's layout (convert.py)
-        from fastdino.convert import init_twins
+        # fastdino, DINO / DINO-MC checkpoints or a bare state dict, converted to timm's layout (models/convert.py)
+        from fastdino.models.convert import init_twins
 
         init_twins(init_from, tr.student, tr.teacher, config.model, echo=log.info, bands=config.augment.get("bands"))
 
@@ -652,7 +652,7 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
                  f"  {resume_command(run_dir)}")
         return summary
     if dist_info.is_main:
-        from fastdino.viz import plot_curves
+        from fastdino.monitor.curves import plot_curves
 
         log.info(f"plots: {plot_curves(run_dir, run_dir / 'plots' / 'curves.png')}")
         log.info(_export_final(run_dir))
@@ -676,7 +676,7 @@ def _knn_at_start(knn, backbone: nn.Module, log: RunLog, epochs: int, init_from)
 
 def _logged_start(run_dir: Path) -> dict | None:
     """A resumed run's before-step-0 k-NN record, from the metrics.jsonl the interrupted run wrote (None if absent)."""
-    from fastdino.viz import read_metrics
+    from fastdino.monitor.metrics import read_metrics
 
     path = run_dir / "metrics.jsonl"
     records = read_metrics(path, kind="knn") if path.is_file() else []
@@ -692,9 +692,9 @@ def _knn_progress(start: dict | None, last: dict) -> str:
 
 def _export_final(run_dir: Path) -> str:
     """RUN/exported/: the teacher backbone of checkpoints/last.pt as timm safetensors + metadata JSON, through
-    fastdino/export.py (rank 0; seconds). A failure is reported, not raised: the checkpoints are intact and
+    fastdino/models/export.py (rank 0; seconds). A failure is reported, not raised: the checkpoints are intact and
     `fastdino export` can redo it."""
-    from fastdino.export import export_teacher
+    from fastdino.models.export import export_teacher
 
     last = ckpt_io.checkpoint_dir(run_dir) / ckpt_io.LAST
     if not last.is_file():

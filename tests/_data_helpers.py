@@ -115,7 +115,7 @@ def view_colours(views) -> list[torch.Tensor]:
 def temporal_sources(views, n_locations: int, n_acq: int, preview: bool = False):
     """For views of constant-colour SeCo acquisitions (seco_release_tree) cut with a plain spec: per view and
     sample, (location, acquisition) or None where the colour matches no acquisition (a jittered view)."""
-    from fastdino.dataloading.bands import band_lut
+    from fastdino.dataloading.seco_stretch import band_lut
 
     table = {}
     for loc in range(n_locations):

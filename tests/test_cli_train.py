@@ -35,7 +35,7 @@ def steps(run_dir):
 
 
 def test_default_run_uses_generated_images(tmp_path, capsys, monkeypatch):
-    import fastdino.cli_train as cli_train
+    import fastdino.cli.train as cli_train
 
     monkeypatch.setattr(cli_train, "DEMO_IMAGES", 8)
     run = tmp_path / "run"
@@ -68,7 +68,7 @@ def test_default_run_uses_generated_images(tmp_path, capsys, monkeypatch):
 
 
 def test_resume_without_output_continues_the_newest_run(tmp_path, capsys, monkeypatch):
-    import fastdino.cli_train as cli_train
+    import fastdino.cli.train as cli_train
 
     monkeypatch.setattr(cli_train, "DEMO_IMAGES", 8)
     monkeypatch.chdir(tmp_path)

@@ -1,7 +1,7 @@
-"""Checkpoints of the original DINO / DINO-MC code in fastdino (fastdino.convert): the key layouts they are written
-in, built here from a re-implementation of DINO's ViT and head (tests/_dino_reference.py) and torchvision's ResNet,
-with random weights; nothing is downloaded. The converted backbone must give the original's features at every crop
-size, through eval, export and train --init-from."""
+"""Checkpoints of the original DINO / DINO-MC code in fastdino (fastdino.models.convert): the key layouts they are
+written in, built here from a re-implementation of DINO's ViT and head (tests/_dino_reference.py) and torchvision's
+ResNet, with random weights; nothing is downloaded. The converted backbone must give the original's features at every
+crop size, through eval, export and train --init-from."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from _dino_reference import DDP, DinoHead, DinoVisionTransformer, MultiCropWrapp
 from _eval_fixtures import make_image_folder, one_thread  # noqa: F401 (autouse)
 
 from fastdino.cli import main
-from fastdino.convert import CheckpointError, init_twins, load_backbone
 from fastdino.eval.teacher import load_teacher
+from fastdino.models.convert import CheckpointError, init_twins, load_backbone
 from fastdino.models.pos_embed import PosEmbedInterpolator, interpolation_matrix
 
 TOL = dict(rtol=1e-4, atol=1e-4)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from _data_helpers import image_folder, seco_release_tree
 from fastdino.dataloading import AugmentationSpec, build_pipeline, build_source, dali_available
-from fastdino.dataloading.multispectral import FILE_ORDERS, source_bands
+from fastdino.dataloading.band_files import FILE_ORDERS, source_bands
 
 tifffile = pytest.importorskip("tifffile", reason="tifffile is a fastdino dependency: pip install tifffile")
 needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia-dali is not installed")
@@ -63,9 +63,9 @@ def test_an_incomplete_product_is_fatal_under_strict_and_named(seco_missing_b11)
 
 
 def test_training_resolves_all_to_12_bands_when_the_first_product_lacks_one(seco_missing_b11, tmp_path):
-    from fastdino.multispectral import resolve_multispectral
+    from fastdino.bands.resolve import resolve_multispectral
+    from fastdino.bands.stats import STATS_FILE, write_stats
     from fastdino.run_config import load_config
-    from fastdino.stats import STATS_FILE, write_stats
 
     root, _ = seco_missing_b11
     write_stats({"bands": {b: {"mean": 50.0, "std": 20.0} for b in SECO_12}}, root / STATS_FILE)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from _data_helpers import image_folder, seco_raw, seco_release_tree, temporal_sources
 from fastdino.dataloading import AugmentationSpec, ViewGroup, build_pipeline, build_source, dali_available
-from fastdino.dataloading.bands import band_lut, read_bands
 from fastdino.dataloading.decode import load_rgb
+from fastdino.dataloading.seco_stretch import band_lut, read_bands
 from fastdino.dataloading.sources import location_in_subset
 from fastdino.dataloading.torch_pipeline import apply_view, sample_view_params
 from PIL import Image, ImageFilter

@@ -16,7 +16,7 @@ from PIL import Image
 
 from fastdino.cli import main
 from fastdino.eval.splits import load_split
-from fastdino.viz import plot_knn
+from fastdino.monitor.curves import plot_knn
 
 matplotlib.use("Agg")
 
@@ -65,7 +65,7 @@ def test_demo_dataset_rejects_empty_splits(tmp_path):
 
 def resolve(argv: list[str]):
     """The config `fastdino train ARGV` would train, without training."""
-    import fastdino.cli_train as cli_train
+    import fastdino.cli.train as cli_train
 
     parser = argparse.ArgumentParser()
     cli_train.add_arguments(parser)
@@ -82,7 +82,7 @@ def view_sizes(config) -> tuple[list[int], list[int]]:
 def test_no_arguments_train_the_demo_recipe(tmp_path, monkeypatch):
     """`fastdino train` alone: small views, many steps, a teacher that follows the student and colour taken out of
     the views, so the k-NN gain shows within a minute on 2 CPU cores."""
-    import fastdino.cli_train as cli_train
+    import fastdino.cli.train as cli_train
 
     monkeypatch.setattr(cli_train, "DEMO_IMAGES", 10)
     monkeypatch.setattr(cli_train, "DEMO_VAL_IMAGES", 5)
@@ -100,7 +100,7 @@ def test_no_arguments_train_the_demo_recipe(tmp_path, monkeypatch):
 
 
 def test_a_named_preset_on_the_demo_images_is_that_preset(tmp_path, monkeypatch):
-    import fastdino.cli_train as cli_train
+    import fastdino.cli.train as cli_train
 
     monkeypatch.setattr(cli_train, "DEMO_IMAGES", 10)
     monkeypatch.setattr(cli_train, "DEMO_VAL_IMAGES", 5)
@@ -110,7 +110,7 @@ def test_a_named_preset_on_the_demo_images_is_that_preset(tmp_path, monkeypatch)
 
 
 def test_default_run_reports_knn_before_and_after_training(tmp_path, capsys, monkeypatch):
-    import fastdino.cli_train as cli_train
+    import fastdino.cli.train as cli_train
 
     monkeypatch.setattr(cli_train, "DEMO_IMAGES", 10)
     monkeypatch.setattr(cli_train, "DEMO_VAL_IMAGES", 5)
@@ -140,7 +140,7 @@ def test_default_run_reports_knn_before_and_after_training(tmp_path, capsys, mon
 
 def test_knn_at_start_off_by_default_and_user_lists_win(tmp_path, capsys, monkeypatch):
     """Real data: no k-NN unless asked. The demo with the user's own eval lists: theirs are used as given."""
-    import fastdino.cli_train as cli_train
+    import fastdino.cli.train as cli_train
 
     monkeypatch.setattr(cli_train, "DEMO_IMAGES", 10)
     monkeypatch.setattr(cli_train, "DEMO_VAL_IMAGES", 5)

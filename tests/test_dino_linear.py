@@ -25,7 +25,7 @@ def dino_vit(tmp_path_factory):
 def test_intermediate_cls_is_dinos_get_intermediate_layers(dino_vit, n, avgpool):
     """eval_linear.py L159-163: torch.cat([x[:, 0] for x in get_intermediate_layers(inp, n)]) (+ the mean of the
     last block's patch tokens with avgpool_patchtokens)."""
-    from fastdino.convert import load_backbone
+    from fastdino.models.convert import load_backbone
 
     path, ref = dino_vit
     backbone = load_backbone(path).backbone
@@ -42,8 +42,8 @@ def test_intermediate_cls_is_dinos_get_intermediate_layers(dino_vit, n, avgpool)
 
 
 def test_dino_protocol_trains_sgd_on_augmented_crops_reproducibly(tmp_path):
-    from fastdino.convert import load_backbone
     from fastdino.eval.splits import load_split
+    from fastdino.models.convert import load_backbone
 
     data = make_image_folder(tmp_path / "data", per_class=5, size=32)
     split = load_split(data, None, None)

@@ -204,12 +204,12 @@ def test_checkpoint_of_another_architecture_names_the_arch(tmp_path, capsys):
 
 
 def test_an_empty_split_is_refused_before_the_checkpoint_is_read(tmp_path, capsys, monkeypatch):
-    import fastdino.convert
+    import fastdino.cli.eval
 
     def never(*args, **kwargs):
         raise AssertionError("the checkpoint was read before the split was checked")
 
-    monkeypatch.setattr(fastdino.convert, "load_backbone", never)
+    monkeypatch.setattr(fastdino.cli.eval, "load_backbone", never)
     data = make_image_folder(tmp_path / "data", per_class=1, size=32)  # one image a class: nothing left to test on
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
     assert main(["eval", "knn", "--checkpoint", str(ckpt), "--data", str(data)]) == 2

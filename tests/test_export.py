@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from fastdino.cli import main
 from fastdino.eval.teacher import load_teacher
-from fastdino.export import export_teacher
+from fastdino.models.export import export_teacher
 
 
 def test_export_then_timm_load_gives_identical_features(tmp_path, capsys):

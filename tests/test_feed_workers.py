@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fastdino.dataloading import build_pipeline, dali_available
-from fastdino.dataloading.multispectral import ESA_ORDER
+from fastdino.dataloading.band_files import ESA_ORDER
 from fastdino.dataloading.synthetic_ms import make_synthetic_ms_dataset
 
 from fastdino.config import ConfigError

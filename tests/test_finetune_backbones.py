@@ -197,7 +197,7 @@ def test_classify_with_a_multispectral_backbone(tmp_path, capsys):
 
 
 def test_multispectral_export_keeps_its_bands_and_statistics(tmp_path):
-    from fastdino.export import export_teacher
+    from fastdino.models.export import export_teacher
 
     ckpt = make_ms_checkpoint(tmp_path / "run", MS_BANDS, [1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0])
     weights, _, _ = export_teacher(ckpt, tmp_path / "exp" / "ms.safetensors")

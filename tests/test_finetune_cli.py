@@ -204,7 +204,7 @@ def test_change_end_to_end_with_validation_cities(tmp_path, checkpoint, capsys):
 
 
 def test_backbone_sources_exported_and_random_init(tmp_path, checkpoint):
-    from fastdino.export import export_teacher
+    from fastdino.models.export import export_teacher
 
     weights, _, _ = export_teacher(checkpoint, tmp_path / "exp" / "backbone.safetensors")
     exported = load_backbone(weights)

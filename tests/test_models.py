@@ -11,8 +11,6 @@ from fastdino.dataloading import AugmentationSpec
 from timm.layers import resample_abs_pos_embed
 
 from fastdino.config import backbone_kwargs
-from fastdino.convert import load_backbone
-from fastdino.export import export_teacher
 from fastdino.finetune.backbones import load_backbone as load_for_finetune
 from fastdino.models import (
     ATTN_BACKENDS,
@@ -25,6 +23,8 @@ from fastdino.models import (
     resolve_attn_backend,
 )
 from fastdino.models.attention import xformers_available
+from fastdino.models.convert import load_backbone
+from fastdino.models.export import export_teacher
 from fastdino.models.head import DINOHead
 from fastdino.models.packing import drop_path_per_crop, packed_layout
 from fastdino.models.pos_embed import PosEmbedInterpolator

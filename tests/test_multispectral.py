@@ -15,8 +15,7 @@ import torch
 tifffile = pytest.importorskip("tifffile", reason="tifffile is a fastdino dependency: pip install tifffile")
 
 from fastdino.dataloading import AugmentationSpec, build_pipeline, build_source, dali_available  # noqa: E402
-from fastdino.dataloading.ms_augment import colour_affine, colour_steps  # noqa: E402
-from fastdino.dataloading.multispectral import (  # noqa: E402
+from fastdino.dataloading.band_files import (  # noqa: E402
     ESA_ORDER,
     FILE_ORDERS,
     OP_BANDS,
@@ -27,6 +26,7 @@ from fastdino.dataloading.multispectral import (  # noqa: E402
     resample_nearest,
     rgb_composite,
 )
+from fastdino.dataloading.ms_augment import colour_affine, colour_steps  # noqa: E402
 from fastdino.dataloading.synthetic_ms import make_synthetic_ms_dataset  # noqa: E402
 from fastdino.dataloading.torch_pipeline import ViewParams, sample_view_params  # noqa: E402
 
@@ -130,8 +130,8 @@ def test_band_tree_resampled_to_the_finest_grid_by_pixel_repetition(seco):
 
 # --- statistics -----------------------------------------------------------------------------------------------
 def test_stats_are_the_exact_mean_std_and_percentiles_of_every_pixel(euro, tmp_path):
+    from fastdino.bands.stats import read_band_stats
     from fastdino.cli import main
-    from fastdino.stats import read_band_stats
 
     out = tmp_path / "stats.json"
     assert main(["stats", "--data", str(euro), "--file-bands", "eurosat-ms", "--output", str(out)]) == 0
@@ -277,7 +277,7 @@ def test_dino_tp_on_band_trees_in_both_pipelines(seco):
 
 @needs_dali
 def test_prepare_writes_npy_that_read_as_the_tiffs(euro, tmp_path):
-    from fastdino.dataloading.multispectral import file_band_order
+    from fastdino.dataloading.band_files import file_band_order
 
     from fastdino.cli import main
 
@@ -298,8 +298,8 @@ def test_prepare_writes_npy_that_read_as_the_tiffs(euro, tmp_path):
 
 # --- models -----------------------------------------------------------------------------------------------------
 def test_inflated_rgb_vit_computes_the_rgb_models_features_on_b4_b3_b2():
-    from fastdino.inflate import inflate_input_weight, inflate_state
     from fastdino.models import create_backbone
+    from fastdino.models.inflate import inflate_input_weight, inflate_state
 
     torch.manual_seed(0)
     rgb = create_backbone("vit_tiny", patch_size=16, img_size=32).eval()
@@ -401,7 +401,7 @@ def test_init_from_an_rgb_checkpoint_inflates_student_and_teacher(kind, tmp_path
     from _eval_fixtures import make_checkpoint, tiny_config
 
     from fastdino.config import config_from_dict
-    from fastdino.convert import init_twins, load_backbone
+    from fastdino.models.convert import init_twins, load_backbone
     from fastdino.train import build_twins
 
     path = make_checkpoint(tmp_path)

@@ -41,9 +41,9 @@ QUIET = lambda msg: None  # noqa: E731
 def _fast_runs(monkeypatch) -> None:
     """What these tests do not look at and a loaded 2-core machine spends most of a tiny run on: the curves plot
     at the end (matplotlib) and fsync (power-cut durability; the atomic rename is still what happens)."""
-    import fastdino.viz
+    import fastdino.monitor.curves
 
-    monkeypatch.setattr(fastdino.viz, "plot_curves", lambda run_dir, out: out)
+    monkeypatch.setattr(fastdino.monitor.curves, "plot_curves", lambda run_dir, out: out)
     monkeypatch.setattr(os, "fsync", lambda fd: None)
 
 

@@ -220,6 +220,6 @@ def test_prepare_refuses_a_bad_shard_size(tmp_path, capsys, size):
 
 
 def test_parse_size():
-    from fastdino.cli_prepare import parse_size
+    from fastdino.cli.prepare import parse_size
 
     assert parse_size("512MB") == 512 * 10**6 and parse_size("1GiB") == 2**30 and parse_size("2048") == 2048

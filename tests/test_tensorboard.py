@@ -1,4 +1,4 @@
-"""TensorBoard logging (run.tensorboard, fastdino/tensorboard_log.py): a tiny run's event files, read back with
+"""TensorBoard logging (run.tensorboard, fastdino/monitor/tensorboard.py): a tiny run's event files, read back with
 tensorboard's EventAccumulator, hold every numeric metrics.jsonl field at its iteration and an attention picture
 per epoch; a resumed run hides what the interrupted one logged after its checkpoint; a missing package is a clear
 error before any training."""
@@ -15,8 +15,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fastdino.config import ConfigError
+from fastdino.monitor.tensorboard import TENSORBOARD_DIR, TensorBoardLog, numeric_fields
 from fastdino.run_config import load_config
-from fastdino.tensorboard_log import TENSORBOARD_DIR, TensorBoardLog, numeric_fields
 from fastdino.train import train
 from tests.test_train import one_thread  # noqa: E402, F401 (an autouse fixture: one intra-op thread)
 
@@ -101,7 +101,7 @@ def test_missing_tensorboard_package_is_a_clear_error_before_training(tmp_path, 
 
 
 def test_cli_flag_turns_it_on_and_overwrite_clears_the_old_events(tmp_path, monkeypatch, capsys):
-    import fastdino.cli_train as cli_train
+    import fastdino.cli.train as cli_train
     from fastdino.cli import main
 
     monkeypatch.setattr(cli_train, "DEMO_IMAGES", 8)
@@ -120,12 +120,12 @@ def test_cli_flag_turns_it_on_and_overwrite_clears_the_old_events(tmp_path, monk
 
 
 def test_a_failing_attention_picture_is_reported_once_and_the_run_goes_on(tmp_path, monkeypatch):
-    import fastdino.viz
+    import fastdino.monitor.tensorboard
 
     def broken(*args, **kwargs):
         raise RuntimeError("cannot draw")
 
-    monkeypatch.setattr(fastdino.viz, "attention_picture", broken)
+    monkeypatch.setattr(fastdino.monitor.tensorboard, "attention_picture", broken)
     lines = []
     summary = train(tiny_config(tmp_path, "run.epochs=2", "run.tensorboard=true"), tmp_path / "run",
                     echo=lines.append)

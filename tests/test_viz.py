@@ -6,7 +6,8 @@ from _eval_fixtures import make_checkpoint, make_image_folder, one_thread, write
 from PIL import Image
 
 from fastdino.cli import main
-from fastdino.viz import attention_grid, grid_columns, grid_size, plot_curves, plot_loss_terms
+from fastdino.monitor.attention_maps import attention_grid, grid_columns, grid_size
+from fastdino.monitor.curves import plot_curves, plot_loss_terms
 
 
 def _png_size(path):

@@ -38,8 +38,8 @@ class EvalTransform:
             raise ValueError("the checkpoint's config has no 'augment' section: cannot tell the normalisation")
         spec = AugmentationSpec.from_dict(config["augment"])
         largest = max(spec.global_views, key=lambda g: g.size)
-        if spec.bands:  # multispectral: the bands read from the files, normalised per band (eval/multispectral.py)
-            from .multispectral import MultispectralEvalTransform
+        if spec.bands:  # multispectral: the bands read from the files, normalised per band (eval/band_transform.py)
+            from .band_transform import MultispectralEvalTransform
 
             return MultispectralEvalTransform.from_spec(spec, largest, size, config, data_root)
         return cls(size or largest.size, tuple(spec.mean), tuple(spec.std), largest.interpolation)

@@ -1,12 +1,17 @@
 """The teacher backbone that eval, export, viz (and finetune) read, with errors that say what is wrong with a
-checkpoint. Every checkpoint goes through fastdino.convert: fastdino's own, the original DINO / DINO-MC code's
-(`teacher` / `student` dicts with `module.` / `backbone.` prefixes), or a bare backbone state dict."""
+checkpoint. Every checkpoint goes through fastdino.models.convert: fastdino's own, the original DINO / DINO-MC code's
+(`teacher` / `student` dicts with `module.` / `backbone.` prefixes), or a bare backbone state dict.
+`checkpoint_info` (a checkpoint's epoch and iteration) is convert's, importable from here too."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+
+from fastdino.models.convert import checkpoint_info, load_backbone
+
+__all__ = ["checkpoint_info", "load_teacher", "random_init_like"]
 
 
 def load_teacher(path: str | Path, *, which: str = "teacher", arch: str | None = None, patch_size: int | None = None,
@@ -19,25 +24,10 @@ def load_teacher(path: str | Path, *, which: str = "teacher", arch: str | None =
     The usual failure is a checkpoint whose weights do not fit the architecture its config names (a file from
     another run, or a config edited by hand): that error names the arch and the first mismatching keys.
     """
-    from fastdino.convert import load_backbone
-
     loaded = load_backbone(path, which=which, arch=arch, patch_size=patch_size, pos_embed_interp=pos_embed_interp)
     if echo is not None:
         echo(loaded.conversion.describe())
     return loaded.backbone, loaded.config
-
-
-def checkpoint_info(path: str | Path) -> dict:
-    """epoch (the next one to run, i.e. epochs done), iteration and fastdino_version of a checkpoint (None where the
-    file has no such entry: a DINO checkpoint has no iteration, a bare state dict none of them).
-
-    Memory-mapped: only these small entries are read, not the optimiser state."""
-    from fastdino.convert import read_checkpoint
-
-    saved = read_checkpoint(path, mmap=True)
-    keys = ("epoch", "iteration", "fastdino_version")
-    return {k: saved.get(k) if isinstance(saved, dict) and not isinstance(saved.get(k), torch.Tensor) else None
-            for k in keys}
 
 
 def random_init_like(config: dict, seed: int = 0) -> torch.nn.Module:

@@ -1,5 +1,5 @@
 """The backbone a fine-tuning run starts from, read as `fastdino eval` reads it: a fastdino checkpoint, an original
-DINO / DINO-MC checkpoint, a bare backbone state dict (all through fastdino.convert), an exported backbone
+DINO / DINO-MC checkpoint, a bare backbone state dict (all through fastdino.models.convert), an exported backbone
 (`fastdino export`: timm safetensors + its metadata JSON), or an untrained one (`--random-init`).
 
 DINO-MC fine-tunes the teacher (main_eurosat.py L81, --checkpoint_key teacher L260) of a ViT built with no
@@ -7,7 +7,7 @@ drop-path (the `vits.vit_small(patch_size=..., num_classes=...)` call of L33 lea
 backbone's drop-path is set to `drop_path` (default 0) whatever the pretraining used.
 
 A multispectral backbone (model.in_chans = its number of bands) carries its bands and per-band mean / std in the
-files' units (fastdino.multispectral); the tasks then read those bands and normalise them with those statistics.
+files' units (fastdino.bands.resolve); the tasks then read those bands and normalise them with those statistics.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class LoadedBackbone:
     checkpoint_epoch: int | None
     bands: tuple[str, ...] | None = None  # multispectral: the Sentinel-2 bands of the input channels, in order
     file_bands: str | list | None = None  # multispectral: the pretraining data's data.file_bands (multi-band files)
-    conversion: dict | None = None  # what was read and how (fastdino.convert.Conversion.to_dict())
+    conversion: dict | None = None  # what was read and how (fastdino.models.convert.Conversion.to_dict())
 
     @property
     def in_chans(self) -> int:
@@ -83,10 +83,10 @@ def backbone_from_args(args, *, random_init: bool, img_size: int, seed: int) -> 
 
 def _load_converted(path: Path, random_init: bool, seed: int, which: str, arch, patch_size,
                     pos_embed_interp) -> LoadedBackbone:
-    """fastdino's, DINO's / DINO-MC's checkpoints and bare state dicts: fastdino.convert.load_backbone, the loader of
-    `fastdino eval` / `export` / `viz`."""
-    from fastdino.convert import load_backbone as convert_backbone
+    """fastdino's, DINO's / DINO-MC's checkpoints and bare state dicts: fastdino.models.convert.load_backbone, the
+    loader of `fastdino eval` / `export` / `viz`."""
     from fastdino.eval.teacher import random_init_like
+    from fastdino.models.convert import load_backbone as convert_backbone
 
     loaded = convert_backbone(path, which=which, arch=arch, patch_size=patch_size, pos_embed_interp=pos_embed_interp)
     config, conversion = loaded.config, loaded.conversion
@@ -120,8 +120,8 @@ def _load_exported(path: Path, meta: dict, random_init: bool, seed: int, arch, p
     channels, bands, normalisation), so multispectral exports load too."""
     from safetensors.torch import load_file
 
-    from fastdino.convert import CheckpointError, load_into
     from fastdino.models import create_backbone
+    from fastdino.models.convert import CheckpointError, load_into
 
     meta_path = path.with_suffix(".json")
     kwargs = meta.get("timm_kwargs", {})

@@ -228,7 +228,7 @@ def display(city: City, image: np.ndarray) -> np.ndarray:
     """An 8-bit RGB picture of one date: the image itself, or a multispectral image's true-colour composite."""
     if not city.bands:
         return image
-    from fastdino.dataloading.multispectral import rgb_composite
+    from fastdino.dataloading.band_files import rgb_composite
 
     return rgb_composite(image, city.bands)
 

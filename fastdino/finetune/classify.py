@@ -108,7 +108,7 @@ def finetune(args: argparse.Namespace) -> dict:
     size, mean, std = recipe["img_size"], loaded.mean, loaded.std
     load, multispectral = load_rgb, bool(loaded.bands)
     if multispectral:
-        from fastdino.dataloading.multispectral import file_band_order
+        from fastdino.dataloading.band_files import file_band_order
 
         load = LoadBands(loaded.bands, file_band_order(args.file_bands or loaded.file_bands, args.data))
     loaders = {name: common.make_loader(LabelledImages(split, (train_transform if name == "train" else eval_transform)(

@@ -25,7 +25,7 @@ What DINO-MC does with it (WennyXY/DINO-MC, data_process/bigearthnet_dataset.py 
   augmentation, for train and evaluation alike (main_bigearthnet.py L60-63).
 A multispectral backbone (fastdino's own extension; DINO-MC is RGB) gets its own bands instead, read from the
 patch's band files in their units (uint16 reflectance), the 20 m and 60 m bands brought to the 10 m grid by nearest
-neighbour (fastdino.dataloading.multispectral.read_band_files, the pretraining readers' rule), resized bicubic to
+neighbour (fastdino.dataloading.band_files.read_band_files, the pretraining readers' rule), resized bicubic to
 the input size and normalised per band with the checkpoint's statistics. BigEarthNet has no B10: a backbone
 pretrained with it cannot read these patches (an error names the band).
 """
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastdino.dataloading.multispectral import canonical_band, read_band_files
+from fastdino.dataloading.band_files import canonical_band, read_band_files
 
 from .rasters import read_band, resize_bands, stretch_to_uint8
 

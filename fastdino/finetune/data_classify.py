@@ -96,7 +96,7 @@ class LoadBands:
     file_bands: tuple[str, ...] | None
 
     def __call__(self, path) -> torch.Tensor:
-        from fastdino.dataloading.multispectral import BandReader
+        from fastdino.dataloading.band_files import BandReader
 
         if not Path(path).is_file():
             raise FileNotFoundError(f"image {path} does not exist")

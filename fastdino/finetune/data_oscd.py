@@ -29,7 +29,7 @@ authors' per-tile metrics also count the zero padding as "no change").
 
 A multispectral backbone (fastdino's extension; DINO-MC is RGB) gets its own bands of imgs_1 / imgs_2 (or the
 _rect folders) in the files' units, the 20 m and 60 m bands brought to the 10 m grid of the mask by nearest
-neighbour (fastdino.dataloading.multispectral.read_band_files), normalised per band with the checkpoint's
+neighbour (fastdino.dataloading.band_files.read_band_files), normalised per band with the checkpoint's
 statistics; the pair/ pngs are RGB renderings and cannot feed it.
 """
 
@@ -155,7 +155,7 @@ def read_date(city_dir: Path, date: int, source: str, bands=None) -> np.ndarray:
     if not folder.is_dir():
         raise FileNotFoundError(missing_images_message(city_dir, date, source))
     if bands:
-        from fastdino.dataloading.multispectral import read_band_files
+        from fastdino.dataloading.band_files import read_band_files
 
         return read_band_files({b: str(_band_file(folder, _file_band_name(b))) for b in bands}, tuple(bands))
     channels = [stretch_to_uint8(read_band(_band_file(folder, b)), *QUANTILES[b]) for b in RGB_BANDS]

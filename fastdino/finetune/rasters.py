@@ -2,7 +2,7 @@
 
 BigEarthNet and OSCD store each band as its own GeoTIFF (uint16 reflectance). Every band file, for an RGB or a
 multispectral backbone alike, is read by the pretraining readers' TIFF reader (tifffile:
-fastdino.dataloading.multispectral.read_tiff), which reads either planar layout: PIL fails on a 16-bit band tagged
+fastdino.dataloading.band_files.read_tiff), which reads either planar layout: PIL fails on a 16-bit band tagged
 PlanarConfiguration=2 ("unknown raw mode for given image mode"). The geo-referencing tags are not used.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastdino.dataloading.multispectral import read_tiff
+from fastdino.dataloading.band_files import read_tiff
 
 
 def read_band(path: str | Path) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""SeCo band files: which bands exist and how SeCo turns them into 8-bit images.
+"""SeCo's per-band 8-bit stretch: which band files SeCo ships and how SeCo turns them into 8-bit images.
 
 What SeCo ships (ServiceNow/seasonal-contrast, datasets/seco_downloader.py):
   - `<root>/<location>/<product-id>/<band>.tif`, one single-band GeoTIFF per band (L263), JPEG-compressed (L251);
@@ -21,6 +21,7 @@ identical pixels.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
 import numpy as np
@@ -84,6 +85,4 @@ def read_bands(files: dict[str, str], bands=RGB_BANDS, quantiles: dict[str, tupl
 
 
 def _folder(files: dict[str, str]) -> str:
-    import os
-
     return os.path.dirname(os.fspath(next(iter(files.values())))) if files else "?"

@@ -13,10 +13,18 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from fastdino import run_folder
+from fastdino.bands.resolve import demo_dataset, resolve_multispectral
+from fastdino.checkpoint import CheckpointError, find_latest
 from fastdino.config import DEFAULT_PRESET, PRESETS, ConfigError, dump_yaml
+from fastdino.dataloading import build_source
+from fastdino.dataloading.synthetic import DEMO_CLASSES, DEMO_TRAIN_LIST, DEMO_VAL_LIST, make_demo_dataset
 from fastdino.distributed import barrier, broadcast_object, env_info, init_distributed
+from fastdino.preemption import EXIT_PREEMPTED
 from fastdino.run_config import load_config
+from fastdino.train import NonFiniteLossError, resolve_device, resolve_precision, train
 
 RUN_ENTRIES = ("checkpoints", "metrics.jsonl", "train.log", "config.yaml", "plots", "exported", "tensorboard")
 NOT_EMPTY = ("Output '{run_dir}' is not empty! Pass --overwrite to start over in it (deletes its checkpoints, logs, "
@@ -80,10 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastdino.checkpoint import CheckpointError
-    from fastdino.preemption import EXIT_PREEMPTED
-    from fastdino.train import NonFiniteLossError, train
-
     try:
         config, run_dir, demo = _prepare(args)
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
@@ -109,8 +113,6 @@ def run(args: argparse.Namespace) -> int:
 
 def demo_knn_line(start_top1: float, final_top1: float) -> str:
     """What the demo learned, in one line: k-NN top-1 (%) of the initial and the trained teacher."""
-    from fastdino.dataloading.synthetic import DEMO_CLASSES
-
     return (f"k-NN top-1 on {DEMO_VAL_IMAGES} held-out demo images ({len(DEMO_CLASSES)} classes, chance "
             f"{100 / len(DEMO_CLASSES):.0f}%): random init {start_top1:.1f}% -> trained {final_top1:.1f}%")
 
@@ -121,8 +123,6 @@ def _echo(msg: str) -> None:
 
 def _prepare(args: argparse.Namespace):
     """(config, run folder, whether the data is the generated demo), every check done before any work."""
-    from fastdino.train import resolve_device, resolve_precision
-
     dist_info = init_distributed("cuda" if args.device != "cpu" and _cuda() else "cpu")
     output = Path(args.output) if args.output else None
     if args.resume not in (None, "yes", "auto"):
@@ -131,8 +131,6 @@ def _prepare(args: argparse.Namespace):
     if args.resume == "auto":
         if output is None:
             raise ValueError("--resume auto needs --output DIR: the folder a requeued job finds again")
-        from fastdino.checkpoint import find_latest
-
         args.resume = "yes" if find_latest(output) is not None else "auto"  # "auto" from here: start afresh
     if args.resume == "yes" and output is None:
         output = _newest_run(args.preset or DEFAULT_PRESET)
@@ -161,8 +159,6 @@ def _prepare(args: argparse.Namespace):
     if not demo and not Path(config.data.path).exists():
         raise FileNotFoundError(f"data path {config.data.path} does not exist (set by --data or data.path)")
     if not demo and Path(config.data.path).is_file():  # a list file (cheap to check now) or a mistake
-        from fastdino.dataloading import build_source
-
         build_source(config.data.path, list_file=config.data.list_file, layout=config.data.layout)
 
     if output is None:
@@ -186,8 +182,6 @@ def _prepare(args: argparse.Namespace):
                   "Point it at real imagery with --data PATH (an image folder or a SeCo root) "
                   "[--data-list FILE] [--preset dino-mc-vits8].")
     if config.data.bands is not None and args.resume != "yes":  # bands and statistics now: errors before step 0
-        from fastdino.multispectral import resolve_multispectral
-
         resolve_multispectral(config)
     barrier()
     if dist_info.is_main:
@@ -217,13 +211,9 @@ def _newest_run(preset: str) -> Path:
 
 def _demo_dataset(config, is_main: bool) -> Path:
     """Generated images in a cache folder shared by runs ($FASTDINO_CACHE or ~/.cache/fastdino)."""
-    from fastdino.dataloading.synthetic import make_demo_dataset
-
     size = max(64, max(v["size"] for v in config.augment["global_views"]))
     cache = Path(os.environ.get("FASTDINO_CACHE", Path.home() / ".cache" / "fastdino"))
     if config.data.bands is not None:  # tiny-ms: EuroSAT-MS-shaped 13-band TIFFs and their band statistics
-        from fastdino.multispectral import demo_dataset
-
         root = demo_dataset(cache, DEMO_IMAGES, size) if is_main else None
         barrier()
         return root or cache / f"synthetic-ms-{DEMO_IMAGES}x{size}"
@@ -237,8 +227,6 @@ def _demo_dataset(config, is_main: bool) -> Path:
 def _use_demo_lists(config, root: Path) -> None:
     """Train on the demo's train list; unless the user set the online k-NN, score its held-out val list against
     the train images, and the initial weights too, so the summary shows what training gained."""
-    from fastdino.dataloading.synthetic import DEMO_TRAIN_LIST, DEMO_VAL_LIST
-
     config.data.list_file = str(root / DEMO_TRAIN_LIST)
     e = config.eval
     if e.knn_train is None and e.knn_val is None:
@@ -251,6 +239,4 @@ def _stamp() -> str:
 
 
 def _cuda() -> bool:
-    import torch
-
     return torch.cuda.is_available()

@@ -2,9 +2,9 @@
 
 Every numeric field of every metrics.jsonl record becomes a scalar tagged `<record type>/<field>` (step/loss,
 step/lr, knn/knn_top1, epoch/loss, summary/img_per_s, ...), at the record's `iteration` (records without one, such as
-the epoch and summary records, at the last iteration seen). The teacher's last-block attention picture (viz.py) is
-an image per finished epoch. The `tensorboard` package is optional (`pip install 'fastdino[tensorboard]'`) and
-imported only when the key is on.
+the epoch and summary records, at the last iteration seen). The teacher's last-block attention picture
+(attention_maps.py) is an image per finished epoch. The `tensorboard` package is optional (`pip install
+'fastdino[tensorboard]'`) and imported only when the key is on.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from PIL import Image
 
 from fastdino.config import ConfigError
 
+from .attention_maps import attention_picture
+
 TENSORBOARD_DIR = "tensorboard"  # inside the run folder
 STEP_KEY = "iteration"  # the x axis of every scalar, so not a scalar itself
 FLUSH_SECS = 30  # the writer's own flush period; records are also flushed as they come (a killed run loses none)
@@ -23,7 +25,7 @@ FLUSH_SECS = 30  # the writer's own flush period; records are also flushed as th
 
 def require_tensorboard():
     """torch's SummaryWriter class, or a ConfigError that names the key and the install command."""
-    try:
+    try:  # optional (the tensorboard package): imported only when a run asks for it
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:  # torch.utils.tensorboard imports the tensorboard package
         raise ConfigError(f"run.tensorboard=true needs the tensorboard package ({e}): pip install "
@@ -63,9 +65,7 @@ class TensorBoardLog:
         self.writer.flush()
 
     def attention(self, backbone, config: dict, image: str, step: int) -> None:
-        """The attention picture of `backbone` on `image` (viz.attention_picture), tagged "attention"."""
-        from fastdino.viz import attention_picture
-
+        """The attention picture of `backbone` on `image` (attention_maps.attention_picture), tagged "attention"."""
         self.image("attention", attention_picture(backbone, config, image), step)
 
     def close(self) -> None:
@@ -74,6 +74,6 @@ class TensorBoardLog:
 
 def picture_file(source) -> str | None:
     """The image the attention picture shows: the source's first image file (None for a SeCo tree of band folders,
-    which viz cannot draw)."""
+    which the attention picture cannot draw)."""
     paths = getattr(source, "paths", None) or []  # a shard folder has no image files to show
     return next((p for p in paths[:64] if Path(p).is_file()), None)

@@ -1,7 +1,7 @@
 """`fastdino eval knn|linear`: accuracy of a checkpoint's teacher backbone on a labelled image folder.
 
 The checkpoint may be fastdino's, the original DINO / DINO-MC code's, or a bare backbone state dict
-(fastdino.convert; what was converted is printed). Features are extracted once per (checkpoint, image list,
+(fastdino.models.convert; what was converted is printed). Features are extracted once per (checkpoint, image list,
 resolution) and cached beside the checkpoint, so `eval linear` after `eval knn` does not run the backbone again.
 `eval linear` is fastdino's fast probe on those cached features by default; `--protocol dino` runs DINO's
 eval_linear.py protocol instead (eval/dino_linear.py). Results are printed as a table and saved as JSON beside the
@@ -20,15 +20,17 @@ from pathlib import Path
 import torch
 
 import fastdino
-from fastdino.backbone_args import add_backbone_arguments
+from fastdino.eval.dino_linear import DinoLinearSettings, dino_linear_accuracy
+from fastdino.eval.feature_cache import cache_path, cached_features
+from fastdino.eval.features import EvalTransform, ImageDataset
+from fastdino.eval.knn import knn_accuracy
+from fastdino.eval.linear import linear_probe_accuracy
+from fastdino.eval.report import format_table
+from fastdino.eval.splits import load_split
+from fastdino.eval.teacher import random_init_like
+from fastdino.models.convert import load_backbone
 
-from .feature_cache import cache_path, cached_features
-from .features import EvalTransform, ImageDataset
-from .knn import knn_accuracy
-from .linear import linear_probe_accuracy
-from .report import format_table
-from .splits import load_split
-from .teacher import random_init_like
+from .backbone_args import add_backbone_arguments
 
 # How each linear protocol is named in every table and JSON (the paper's 94.09 is DINO's protocol).
 PROTOCOLS = {"fast": "fastdino fast probe (AdamW on cached, standardised features)",
@@ -88,8 +90,6 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Everything `fastdino eval` does, returning the result dict that is printed and saved."""
-    from fastdino.convert import load_backbone
-
     split = load_split(args.data, args.train_list, args.test_list)  # a bad split fails before the model is read
     loaded = load_backbone(args.checkpoint, which=getattr(args, "checkpoint_key", "teacher"),
                            arch=getattr(args, "arch", None), patch_size=getattr(args, "patch_size", None),
@@ -139,8 +139,6 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def _evaluate_dino_linear(args, backbone, config, conversion, transform, split) -> dict:
-    from .dino_linear import DinoLinearSettings, dino_linear_accuracy
-
     settings = DinoLinearSettings(epochs=args.epochs, lr=0.001 if args.lr is None else args.lr,
                                   batch_size=args.linear_batch_size, n_last_blocks=args.n_last_blocks)
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""`fastdino download NAME [NAME ...] --root DIR`: the CLI of fastdino.download."""
+"""`fastdino download NAME [NAME ...] --root DIR`: the command line of fastdino.download."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import DATASETS, DownloadError, download_dataset
+from fastdino.download import DATASETS, DownloadError, download_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

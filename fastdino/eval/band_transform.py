@@ -14,7 +14,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from fastdino.dataloading.multispectral import BandReader, file_band_order
+from fastdino.dataloading.band_files import BandReader, file_band_order
 
 
 @dataclass(frozen=True)

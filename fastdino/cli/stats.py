@@ -1,5 +1,6 @@
 """`fastdino stats`: per-band mean, std and 2 / 98 % percentiles of multispectral data, written where training
-reads them (<data>/band_stats.json, `data.stats: null`). Details: fastdino/stats.py, docs/data.md (Multispectral)."""
+reads them (<data>/band_stats.json, `data.stats: null`). Details: fastdino/bands/stats.py, docs/data.md
+(Multispectral)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from fastdino.dataloading.multispectral import FILE_ORDERS
+from fastdino.bands.stats import compute_band_stats, default_stats_path, sample_items, write_stats
+from fastdino.dataloading import build_source
+from fastdino.dataloading.band_files import FILE_ORDERS, BandReader, band_list, file_band_order, source_bands
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,10 +41,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def compute(args: argparse.Namespace):
-    from fastdino.dataloading import build_source
-    from fastdino.dataloading.multispectral import BandReader, band_list, file_band_order, source_bands
-    from fastdino.stats import compute_band_stats, default_stats_path, sample_items, write_stats
-
     if args.samples < 1:
         raise ValueError(f"--samples {args.samples}: must be >= 1")
     source = build_source(args.data, list_file=args.data_list, layout=args.layout)

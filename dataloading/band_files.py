@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .members import SHARD_INDEX, open_member, suffix
 
@@ -119,7 +120,7 @@ def op_channels(op: str, bands) -> list[int]:
 # --- reading --------------------------------------------------------------------------------------------------
 def read_tiff(path) -> np.ndarray:
     """A TIFF as [H, W, C] in its own dtype (C = 1 for a single band)."""
-    try:
+    try:  # here, not at the top: a missing tifffile is an error that names the package, when a TIFF is read
         import tifffile
     except ImportError:
         raise ValueError(f"reading {path} needs tifffile, a fastdino dependency: pip install tifffile") from None
@@ -143,8 +144,6 @@ def read_tiff(path) -> np.ndarray:
 
 def _read_tiff_pil(path, why: Exception) -> np.ndarray:
     """A compressed single-band TIFF that tifffile cannot decode without imagecodecs: PIL's libtiff can."""
-    from PIL import Image
-
     try:
         with Image.open(open_member(path)) as im:
             im.load()

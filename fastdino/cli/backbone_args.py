@@ -1,12 +1,12 @@
 """The options that name the backbone a command reads, declared once for `fastdino eval`, `fastdino finetune` and
-`fastdino export` (fastdino.convert.load_backbone reads what they name)."""
+`fastdino export` (fastdino.models.convert.load_backbone reads what they name)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-# What every backbone-reading command reads (fastdino.convert); finetune also reads exported backbones.
+# What every backbone-reading command reads (fastdino.models.convert); finetune also reads exported backbones.
 SOURCES = ("a fastdino checkpoint (RUN/checkpoints/last.pt)", "a DINO / DINO-MC checkpoint.pth",
            "a backbone state dict (e.g. dino_vits8_pretrain.pth)")
 EXPORTED = "an exported backbone (.safetensors)"

@@ -1,6 +1,6 @@
 """fastdino: fast DINO / DINO-MC pretraining of vision backbones on remote-sensing imagery.
 
-Each subcommand lives in its own module with `add_arguments(parser)` and `run(args) -> int`; this
+Each subcommand lives in its own module of this package with `add_arguments(parser)` and `run(args) -> int`; this
 file only wires them together (modules are imported lazily so that `fastdino --help` is fast).
 """
 
@@ -14,15 +14,15 @@ from fastdino import __version__
 
 # name -> (module, one-line help). Modules with sub-subcommands (eval, viz) add their own subparsers.
 COMMANDS = {
-    "train": ("fastdino.cli_train", "pretrain a backbone with DINO / DINO-MC / DINO-TP"),
-    "presets": ("fastdino.cli_presets", "list the training presets"),
-    "eval": ("fastdino.eval.cli", "k-NN or linear-probe accuracy of a checkpoint's teacher backbone"),
-    "export": ("fastdino.export", "export the teacher backbone as a timm-loadable safetensors file"),
-    "viz": ("fastdino.viz", "attention maps and training curves as PNG"),
-    "finetune": ("fastdino.finetune.cli", "fine-tune a backbone: scene classification, BigEarthNet, OSCD change"),
-    "stats": ("fastdino.cli_stats", "per-band statistics of multispectral data (what training normalises with)"),
-    "prepare": ("fastdino.cli_prepare", "pack a dataset into WebDataset shards, or multispectral files into .npy"),
-    "download": ("fastdino.download.cli", "fetch EuroSAT, SeCo, BigEarthNet or OSCD in the layout fastdino reads"),
+    "train": ("fastdino.cli.train", "pretrain a backbone with DINO / DINO-MC / DINO-TP"),
+    "presets": ("fastdino.cli.presets", "list the training presets"),
+    "eval": ("fastdino.cli.eval", "k-NN or linear-probe accuracy of a checkpoint's teacher backbone"),
+    "export": ("fastdino.cli.export", "export the teacher backbone as a timm-loadable safetensors file"),
+    "viz": ("fastdino.cli.viz", "attention maps and training curves as PNG"),
+    "finetune": ("fastdino.cli.finetune", "fine-tune a backbone: scene classification, BigEarthNet, OSCD change"),
+    "stats": ("fastdino.cli.stats", "per-band statistics of multispectral data (what training normalises with)"),
+    "prepare": ("fastdino.cli.prepare", "pack a dataset into WebDataset shards, or multispectral files into .npy"),
+    "download": ("fastdino.cli.download", "fetch EuroSAT, SeCo, BigEarthNet or OSCD in the layout fastdino reads"),
 }
 
 

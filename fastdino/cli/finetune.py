@@ -11,10 +11,12 @@ import importlib
 import sys
 from pathlib import Path
 
-from fastdino.backbone_args import add_backbone_arguments
+import torch
+
+from fastdino.finetune.common import default_workers
 from fastdino.run_folder import run_folder_of
 
-from .common import default_workers
+from .backbone_args import add_backbone_arguments
 
 TASKS = {
     "classify": ("fastdino.finetune.classify", "single-label scene classification (EuroSAT; DINO-MC main_eurosat.py)"),
@@ -71,8 +73,6 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
             return _error(args.task, f"--threads {args.threads} must be at least 1")
-        import torch
-
         torch.set_num_threads(args.threads)
     try:
         return importlib.import_module(args._task_module).run(args)

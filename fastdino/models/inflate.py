@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from fastdino.dataloading.multispectral import RGB
-
+# Sentinel-2's red, green and blue, in an RGB layer's channel order: fastdino.dataloading.band_files.RGB (models
+# import no data code; tests/test_layout.py checks the two agree)
+RGB = ("B4", "B3", "B2")
 INPUT_LAYERS = ("patch_embed.proj.weight", "conv1.weight")  # ViT / Swin, ResNet (timm names)
 RULE = "RGB weights onto B4 / B3 / B2 unchanged, zeros for every other band"
 

@@ -27,7 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fastdino.dataloading.multispectral import FILE_ORDERS, PREPARED
+from fastdino import __version__
+from fastdino.bands.stats import STATS_FILE
+from fastdino.dataloading import build_source
+from fastdino.dataloading.band_files import FILE_ORDERS, PREPARED, BandReader, band_list, file_band_order, source_bands
+from fastdino.dataloading.shards import SHARD_INDEX, write_shards
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,9 +64,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def prepare(args: argparse.Namespace) -> tuple[int, float]:
-    from fastdino.dataloading.multispectral import BandReader, band_list, file_band_order, source_bands
-    from fastdino.stats import STATS_FILE
-
     start = time.perf_counter()
     root, source = _source(args)
     out = args.output
@@ -97,8 +98,6 @@ def prepare(args: argparse.Namespace) -> tuple[int, float]:
 
 def _source(args: argparse.Namespace):
     """(the data's root folder, its source), after checking --output is not that folder."""
-    from fastdino.dataloading import build_source
-
     root = args.data if args.data.is_dir() else args.data.parent
     if args.output.resolve() == root.resolve():
         raise ValueError(f"--output {args.output} is the data folder; choose another folder")
@@ -121,11 +120,6 @@ def parse_size(text: str) -> int:
 
 
 def _run_shards(args: argparse.Namespace) -> int:
-    from fastdino import __version__
-    from fastdino.dataloading.multispectral import file_band_order
-    from fastdino.dataloading.shards import SHARD_INDEX, write_shards
-    from fastdino.stats import STATS_FILE
-
     try:
         if args.bands is not None:
             raise ValueError("--bands applies to --format npy; shards keep every file as it is (choose the bands at "

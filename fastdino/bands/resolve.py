@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastdino.config import ConfigError
-from fastdino.dataloading.multispectral import (
+from fastdino.dataloading import build_source
+from fastdino.dataloading.band_files import (
     FILE_ORDERS,
     BandReader,
     band_list,
@@ -20,7 +21,10 @@ from fastdino.dataloading.multispectral import (
     file_band_order,
     source_bands,
 )
+from fastdino.dataloading.synthetic_ms import make_synthetic_ms_dataset
 from fastdino.dataloading.torch_pipeline import pipeline_items
+
+from .stats import STATS_FILE, compute_band_stats, default_stats_path, read_band_stats, sample_items, write_stats
 
 
 def bands_into_config(cfg: dict) -> None:
@@ -63,9 +67,6 @@ def validate_bands(config) -> None:
 def resolve_multispectral(config, echo=None, source=None) -> None:
     """Fill augment.bands / mean / std and model.in_chans from the data and its statistics (in place). A config
     already resolved for the same bands (a resume) keeps its statistics."""
-    from fastdino.dataloading import build_source
-    from fastdino.stats import default_stats_path, read_band_stats
-
     d = config.data
     if d.bands is None:
         return
@@ -116,10 +117,6 @@ def attach_file_bands(source, config) -> None:
 
 def demo_dataset(cache: Path, n_images: int, size: int) -> Path:
     """The generated EuroSAT-MS-shaped demo (13-band uint16 TIFFs) and its band statistics."""
-    from fastdino.dataloading import build_source
-    from fastdino.dataloading.synthetic_ms import make_synthetic_ms_dataset
-    from fastdino.stats import STATS_FILE, compute_band_stats, sample_items, write_stats
-
     root = make_synthetic_ms_dataset(cache / f"synthetic-ms-{n_images}x{size}", n_images=n_images, size=size)
     if not (root / STATS_FILE).is_file():
         reader = BandReader(FILE_ORDERS["esa"], FILE_ORDERS["eurosat-ms"])

@@ -1,4 +1,5 @@
-"""`fastdino export`: the teacher backbone as a timm state dict in safetensors, with a metadata JSON beside it.
+"""The teacher backbone as a timm state dict in safetensors, with a metadata JSON beside it (`fastdino export`,
+and the trainer's final export).
 
 The teacher is the network DINO evaluates. Its timm model's state dict is written as is, so
 
@@ -6,51 +7,29 @@ The teacher is the network DINO evaluates. Its timm model's state dict is writte
 
 loads it strictly, offline, with ARCH and KWARGS from the metadata JSON (`FILE.json` beside `FILE.safetensors`).
 The checkpoint may also come from the original DINO / DINO-MC code, or be a bare backbone state dict: it is
-converted to timm's layout first (fastdino.convert) and the metadata records how. The trainer calls
+converted to timm's layout first (fastdino.models.convert) and the metadata records how. The trainer calls
 `export_teacher` at the end of every run, so RUN/exported/ holds the final teacher.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
+import timm
 import torch
+from safetensors.torch import save_file
 
 import fastdino
-from fastdino.backbone_args import add_backbone_arguments
 from fastdino.run_folder import run_folder_of
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_backbone_arguments(parser, action="export", checks=False)
-    parser.add_argument("--output", type=Path,
-                        help="FILE.safetensors (default: RUN/exported/<checkpoint stem>_teacher_backbone.safetensors)")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        weights, meta_path, meta = export_teacher(args.checkpoint, args.output, which=args.checkpoint_key,
-                                                  echo=print)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"fastdino export: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {weights} ({meta['num_parameters'] / 1e6:.2f}M parameters) and {meta_path}")
-    print("load it with timm (offline):\n")
-    print(loading_snippet(weights, meta))
-    return 0
+from .convert import checkpoint_info, load_backbone
 
 
 def export_teacher(checkpoint: Path, output: Path | None = None, *, which: str = "teacher",
                    echo=None) -> tuple[Path, Path, dict]:
     """Write the teacher (or student) backbone's timm weights and metadata; returns (weights path, metadata path,
     metadata). echo: called with the conversion report."""
-    from safetensors.torch import save_file
-
-    from fastdino.convert import load_backbone
-
     checkpoint = Path(checkpoint)
     output = Path(output) if output is not None else default_output(checkpoint, which)
     if output.suffix != ".safetensors":
@@ -80,8 +59,6 @@ def export_teacher(checkpoint: Path, output: Path | None = None, *, which: str =
 def verify_timm_load(weights: Path, meta: dict, state: dict) -> None:
     """Run the printed loading line and compare every tensor: timm loads pretrained files non-strictly when
     num_classes differs from the pretrained config's, so a silent partial load is only caught by looking."""
-    import timm
-
     model = timm.create_model(meta["architecture"], pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)),
                               num_classes=0, **meta["timm_kwargs"])
     loaded = model.state_dict()
@@ -94,8 +71,6 @@ def verify_timm_load(weights: Path, meta: dict, state: dict) -> None:
 
 def metadata(backbone, config: dict, checkpoint: Path, state: dict, conversion=None) -> dict:
     """What a user needs to rebuild and feed the backbone: timm name and kwargs, input, normalisation, provenance."""
-    from fastdino.eval.teacher import checkpoint_info
-
     augment = config.get("augment", {})
     global_sizes = [g["size"] for g in augment.get("global_views", [])]
     kwargs = dict(backbone.timm_kwargs)

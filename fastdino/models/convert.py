@@ -1,6 +1,6 @@
 """Checkpoints in: fastdino's own, the original DINO / DINO-MC code's, or a bare backbone state dict, converted to
 the timm layout fastdino's backbones use. `load_backbone` is the one entry point of eval, export and viz;
-`init_twins` is train's `--init-from`.
+`init_twins` is train's `--init-from`; `checkpoint_info` reads a checkpoint's epoch and iteration alone.
 
 What the original code writes (facebookresearch/dino main_dino.py, WennyXY/DINO-MC main_dino_mc.py: `save_dict`):
 `{"student", "teacher", "optimizer", "epoch", "args", "dino_loss"[, "fp16_scaler"]}`. The student is
@@ -37,7 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
+
+from fastdino.config import backbone_kwargs, config_from_dict, head_kwargs
+
+from .factory import create_backbone
+from .inflate import RULE, inflate_state
 
 _VIT_WIDTHS = {192: "vit_tiny", 384: "vit_small", 768: "vit_base"}
 _VIT_DEPTH = 12  # timm's vit_tiny/small/base and DINO's ViTs have 12 blocks; fastdino's model.depth may set fewer
@@ -111,8 +117,6 @@ def read_checkpoint(path: str | Path, *, mmap: bool = False) -> Any:
         raise FileNotFoundError(f"--checkpoint {path} does not exist (a fastdino RUN/checkpoints/last.pt, a DINO / "
                                 "DINO-MC checkpoint.pth, or a backbone state dict)")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -124,6 +128,17 @@ def read_checkpoint(path: str | Path, *, mmap: bool = False) -> Any:
                 return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {str(e)[:400]})") from e
+
+
+def checkpoint_info(path: str | Path) -> dict:
+    """epoch (the next one to run, i.e. epochs done), iteration and fastdino_version of a checkpoint (None where the
+    file has no such entry: a DINO checkpoint has no iteration, a bare state dict none of them).
+
+    Memory-mapped: only these small entries are read, not the optimiser state."""
+    saved = read_checkpoint(path, mmap=True)
+    keys = ("epoch", "iteration", "fastdino_version")
+    return {k: saved.get(k) if isinstance(saved, dict) and not isinstance(saved.get(k), torch.Tensor) else None
+            for k in keys}
 
 
 def is_fastdino(ckpt: Any) -> bool:
@@ -255,6 +270,8 @@ def convert_head(head: dict, path: Path) -> dict:
 def _fastdino_config_for(detected: Detected, pos_embed_interp: str, args: Any) -> dict:
     """A resolved fastdino config for an original checkpoint: its model, DINO-MC's or DINO's augmentation (global
     crops 224 px, bicubic, ImageNet mean / std), so eval and export know the input."""
+    # Not at the top: load_config has every room check the config (the data pipelines too), and importing
+    # fastdino.models loads no data code; only checkpoints of the original code need a preset resolved.
     from fastdino.run_config import load_config
 
     mode = getattr(args, "data_mode", None)  # DINO-MC's main_dino_mc.py --data_mode dino | mc | tp
@@ -299,9 +316,6 @@ def load_backbone(path: str | Path, *, which: str = "teacher", arch: str | None 
     expects; a checkpoint holding something else is an error. pos_embed_interp: timm | dino; default: the run's
     config for fastdino checkpoints, DINO's interpolation for original ones (their features at every size).
     """
-    from fastdino.config import backbone_kwargs
-    from fastdino.models import create_backbone
-
     path = Path(path)
     ckpt = read_checkpoint(path)
     fix = "pass the checkpoint of that model, or leave --arch / --patch-size unset"
@@ -327,9 +341,6 @@ def load_backbone(path: str | Path, *, which: str = "teacher", arch: str | None 
 
 
 def _load_fastdino(ckpt: dict, path: Path, which: str, arch, patch_size, pos_embed_interp, fix) -> LoadedBackbone:
-    from fastdino.config import backbone_kwargs
-    from fastdino.models import create_backbone
-
     if which not in ("teacher", "student"):
         raise ValueError(f"--checkpoint-key must be teacher or student, got {which!r}")
     config = ckpt["config"]
@@ -378,10 +389,8 @@ def init_twins(path: str | Path, student: nn.ModuleDict, teacher: nn.ModuleDict,
     checkpoints give the student its `student` and the teacher its `teacher` (backbone and, when its shapes fit,
     head); a bare backbone state dict initialises both backbones and leaves the (identical) heads as built. An RGB
     checkpoint into a multispectral model (model.in_chans = len(bands)) has its input layer inflated
-    (fastdino/inflate.py: RGB onto B4 / B3 / B2, zeros elsewhere).
+    (fastdino/models/inflate.py: RGB onto B4 / B3 / B2, zeros elsewhere).
     """
-    from fastdino.config import config_from_dict, head_kwargs
-
     path = Path(path)
     ckpt = read_checkpoint(path)
     if is_fastdino(ckpt):
@@ -451,9 +460,7 @@ def init_twins(path: str | Path, student: nn.ModuleDict, teacher: nn.ModuleDict,
 
 
 def _inflated(state: dict, old_chans: int, new_chans: int, bands, path: Path, prefix: str, echo) -> dict:
-    """An RGB state dict with its input layer inflated to the run's bands (fastdino/inflate.py)."""
-    from fastdino.inflate import RULE, inflate_state
-
+    """An RGB state dict with its input layer inflated to the run's bands (fastdino/models/inflate.py)."""
     if old_chans != 3 or not bands or len(bands) != new_chans:
         raise CheckpointError(f"--init-from {path}: its backbone takes {old_chans} input channels, this run's "
                               f"{new_chans}; only RGB (3-channel) weights are inflated to a run's bands")
