@@ -356,7 +356,7 @@ def report(run_dirs: list[Path], json_path: Path | None, plot_path: Path | None)
             xs = [p["cpu_minutes"] for p in r["points"]]
             ys = [p["val_top1"] for p in r["points"]]
             ax.plot(xs, ys, "-o" if r["minutes"] >= longest else "--s", color=colours.get(r["arm"]), ms=3,
-                    label=f"{r['arm']} ({r['network']}), {r['minutes']:.0f}-min schedule, seed {r['seed']}")
+                    label=f"{r['arm']} ({r['network']}), {r['epochs']}-epoch schedule, seed {r['seed']}")
             if r["random_init_val_top1"] is not None:  # the untrained network: what training has to beat
                 ax.axhline(r["random_init_val_top1"], color=colours.get(r["arm"]), ls=":", lw=1)
         ax.set_xlabel("CPU minutes of the training run (every thread and process)")
