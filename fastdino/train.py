@@ -572,8 +572,14 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
             done += 1
             last_of_epoch = i == ipe - 1 or done == total
             if (i + 1) % config.run.log_every == 0 or last_of_epoch:
-                # Host-device sync (once per log window): the window's losses, averaged over ranks.
-                losses = all_reduce_mean(torch.stack(window).float()).cpu()
+                # Host-device sync (once per log window): the window's losses, and below them each unweighted term
+                # (the step records one per step, the same names on every rank), averaged over ranks in one
+                # collective.
+                names = list(tr.loss_terms)
+                rows = [torch.stack(window)] + [torch.stack(tr.loss_terms[n]) for n in names]
+                reduced = all_reduce_mean(torch.stack(rows).float()).cpu()
+                tr.loss_terms.clear()
+                losses = reduced[0]
                 bad = (~torch.isfinite(losses)).nonzero()
                 if len(bad):
                     first = it - len(window) + 1 + int(bad[0])
@@ -592,11 +598,7 @@ def _train(config, run_dir, dist_info, resume, init_from, echo, reference, max_s
                            img_per_s=images_per_step * len(window) / dt, data_wait=data_wait / dt,
                            peak_mem_gib=peak_memory_gib(device),
                            eta_s=(time.time() - loop_start) / (done - start_done) * (total - done))
-                # each unweighted term (the weighted ones are inside `loss`), averaged like it: the same names on
-                # every rank, so the collectives pair up
-                terms = {name: all_reduce_mean(torch.stack(values).float()).mean().item()
-                         for name, values in tr.loss_terms.items()}
-                tr.loss_terms.clear()
+                terms = dict(zip(names, reduced[1:].mean(dim=1).tolist(), strict=True))  # weighted inside `loss`
                 rec.update(terms)
                 log.metrics(rec)
                 shown_terms = "".join(f" ({term_label(name)} {value:.3f})" for name, value in terms.items())
