@@ -45,10 +45,8 @@ def clear_run_files(run_dir: str | Path, entries: Iterable[str]) -> None:
     later --resume cannot pick up the old run's weights; anything else in the folder stays."""
     for name in entries:
         path = Path(run_dir) / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
+        if path.exists() or path.is_symlink():
+            _remove(path)
 
 
 def run_folder_of(checkpoint: str | Path) -> Path:
@@ -94,7 +92,12 @@ def remove_created(run_dir: Path, created: Path | None, existing: set[Path]) -> 
         shutil.rmtree(created, ignore_errors=True)
         return
     for entry in set(run_dir.iterdir()) - existing:
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        _remove(entry, ignore_errors=True)
+
+
+def _remove(path: Path, *, ignore_errors: bool = False) -> None:
+    """A folder with what it holds, or a file or link (a link to a folder: the link only)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+    else:
+        path.unlink(missing_ok=ignore_errors)

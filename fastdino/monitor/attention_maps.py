@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from fastdino.dataloading.band_files import prepared_root, rgb_composite
 from fastdino.eval.features import EvalTransform, load_image
 from fastdino.eval.teacher import load_teacher
+from fastdino.run_folder import run_folder_of
 
 PANEL_GAP = 4  # px between grid panels
 LABEL_HEIGHT = 14  # px of caption strip above each panel
@@ -32,9 +33,7 @@ def attention_figure(
     backbone, config = load_teacher(checkpoint)
     grid = attention_picture(backbone.eval(), config, image, image_size, panel_size)
     if output is None:
-        ckpt = Path(checkpoint)
-        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-        output = run_dir / "plots" / f"attention_{Path(image).stem}.png"
+        output = run_folder_of(checkpoint) / "plots" / f"attention_{Path(image).stem}.png"
     return _save(grid, output)
 
 
